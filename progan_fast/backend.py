@@ -1,0 +1,150 @@
+"""Backend selection for the progan_fast ops.
+
+One switch for every op: ``set_backend(name)``, the ``use_backend(name)`` context manager, or
+the ``PROGAN_FAST_BACKEND`` environment variable (read when nothing was set in code).
+
+- ``torch``: the plain-PyTorch reference of each op; always available, any device.
+- ``triton``: the fused Triton kernels (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``).
+- ``cuda``: the CUDA C++ extension (CUDA tensors).
+- ``auto`` (default): the fastest backend that works for the tensor's device; falls back to
+  ``torch`` with a single warning when an accelerated backend cannot run.
+
+An op that has no implementation for an available backend runs its torch reference (for
+example, the ``cuda`` backend covers the discriminator's elementwise ops, convolutions stay on
+cuDNN): asking for a backend selects it wherever it exists.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import os
+import warnings
+from typing import Callable, Dict, Iterator, Optional
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+ENV_VAR = "PROGAN_FAST_BACKEND"
+# Order in which `auto` tries the accelerated backends of an op.
+AUTO_PREFERENCE = ("triton", "cuda")
+
+_selected: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("progan_fast_backend", default=None)
+_warned_fallback = False
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for explicitly but cannot run here."""
+
+
+def _check_name(name: str, source: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"unknown progan_fast backend {name!r} (from {source}); choose one of {', '.join(BACKENDS)}")
+    return name.lower()
+
+
+def get_backend() -> str:
+    """The backend in force: the one set in code, else ``$PROGAN_FAST_BACKEND``, else ``auto``."""
+    name = _selected.get()
+    if name is not None:
+        return name
+    env = os.environ.get(ENV_VAR)
+    return _check_name(env, f"the environment variable {ENV_VAR}") if env else "auto"
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for all ops from now on (``auto``, ``torch``, ``triton`` or ``cuda``)."""
+    _selected.set(_check_name(name, "set_backend"))
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Select a backend inside a ``with`` block and restore the previous choice after it."""
+    token = _selected.set(_check_name(name, "use_backend"))
+    try:
+        yield
+    finally:
+        _selected.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------
+# Availability: None when the backend can run on `device`, else the reason it cannot.
+
+_CUDA_EXTENSION_PROBE: Optional[Callable[[], Optional[str]]] = None
+
+
+def register_cuda_extension_probe(probe: Callable[[], Optional[str]]) -> None:
+    """Install the function that tells whether the CUDA extension can be built and loaded."""
+    global _CUDA_EXTENSION_PROBE
+    _CUDA_EXTENSION_PROBE = probe
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed (pip install triton)"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and triton_interpreter_enabled():
+            return None
+        return (f"Triton kernels run on CUDA tensors, got a {device.type} tensor; move the tensors to a GPU, "
+                "or set TRITON_INTERPRET=1 to run the kernels slowly on CPU (for testing)")
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the CUDA extension runs on CUDA tensors, got a {device.type} tensor; move the tensors to a GPU"
+        if _CUDA_EXTENSION_PROBE is None:
+            return "the CUDA extension is not part of this build of progan_fast"
+        return _CUDA_EXTENSION_PROBE()
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+class Op:
+    """One op with its implementations per backend; calling it runs the one selected."""
+
+    def __init__(self, name: str, reference: Callable):
+        self.name = name
+        self.impls: Dict[str, Callable] = {"torch": reference}
+
+    def register(self, backend: str, impl: Callable) -> None:
+        if backend not in AUTO_PREFERENCE:
+            raise ValueError(f"{backend!r} is not an accelerated backend ({', '.join(AUTO_PREFERENCE)})")
+        self.impls[backend] = impl
+
+    def select(self, device: torch.device) -> Callable:
+        global _warned_fallback
+        backend = get_backend()
+        if backend == "torch":
+            return self.impls["torch"]
+        if backend != "auto":
+            reason = unavailable_reason(backend, device)
+            if reason is not None:
+                raise BackendUnavailableError(
+                    f"progan_fast backend {backend!r} cannot run op {self.name}: {reason}. "
+                    f"Use set_backend('auto') or set_backend('torch') (or {ENV_VAR}=auto) to run the reference path.")
+            return self.impls.get(backend, self.impls["torch"])
+        if device.type != "cuda":  # on CPU the reference is the fastest path
+            return self.impls["torch"]
+        reasons = []
+        for candidate in AUTO_PREFERENCE:
+            if candidate in self.impls:
+                reason = unavailable_reason(candidate, device)
+                if reason is None:
+                    return self.impls[candidate]
+                reasons.append(f"{candidate}: {reason}")
+        if reasons and not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(f"progan_fast: falling back to the torch backend ({'; '.join(reasons)})", RuntimeWarning,
+                          stacklevel=3)
+        return self.impls["torch"]
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs):
+        return self.select(x.device)(x, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Op({self.name}, backends={sorted(self.impls)})"

@@ -1,0 +1,44 @@
+"""Input checks shared by the ops: each error names the problem and how to fix it."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+ACTIVATIONS = (None, "linear", "lrelu")
+Alpha = Union[float, torch.Tensor]
+
+
+def check_activation(activation: Optional[str]) -> Optional[str]:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'linear' or 'lrelu', got {activation!r}")
+    return None if activation == "linear" else activation
+
+
+def check_rank(name: str, x: torch.Tensor, rank: int, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != rank:
+        raise ValueError(f"{name} expects a {rank}-D tensor {layout}, got shape {tuple(x.shape)}")
+
+
+def check_floating(name: str, x: torch.Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}; convert it with .float()")
+
+
+def check_alpha(alpha: Alpha) -> Alpha:
+    """alpha is a float in [0, 1] or a 0-dim tensor (not range-checked: that would read it back to the host)."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.dim() != 0:
+            raise ValueError(f"alpha must be a float or a 0-dim tensor, got a tensor of shape {tuple(alpha.shape)}")
+        return alpha
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1] (0 = old branch only, 1 = new branch only), got {alpha}")
+    return alpha
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics are computed in fp32 at least (fp64 stays fp64)."""
+    return torch.promote_types(dtype, torch.float32)

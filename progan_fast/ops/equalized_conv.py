@@ -1,0 +1,69 @@
+"""equalized_conv2d: the ProGAN conv block in one op.
+
+[2x nearest upsample] -> conv2d with weight * gain / sqrt(in * k * k) (equalized learning rate) ->
++ bias (unscaled) -> [LeakyReLU] -> [PixelNorm over channels]. One op so that a fused kernel can do
+all of it in one pass. Reference: `equalized_conv2d_reference`. Layer: `progan_fast.EqualizedConv2d`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..backend import Op
+from ._checks import check_activation, check_floating, check_rank
+from .bias_act import bias_act_reference
+from .fade import upsample2x
+from .pixel_norm import pixel_norm_reference
+
+
+def equalized_scale(weight: torch.Tensor, gain: float) -> float:
+    """gain / sqrt(fan_in) with fan_in = in_channels * kernel area (works for conv and dense weights)."""
+    fan_in = weight[0].numel()
+    return gain / math.sqrt(fan_in)
+
+
+def same_padding(kernel_size: int) -> int:
+    if kernel_size % 2 == 0:
+        raise ValueError(f"padding=None ('same') needs an odd kernel size, got {kernel_size}; pass padding explicitly")
+    return kernel_size // 2
+
+
+def equalized_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
+                               padding: int, activation: Optional[str], negative_slope: float, pixel_norm: bool,
+                               upsample: bool, eps: float) -> torch.Tensor:
+    if upsample:
+        x = upsample2x(x)
+    y = F.conv2d(x, weight * equalized_scale(weight, gain), padding=padding)
+    y = bias_act_reference(y, bias, activation, negative_slope)
+    return pixel_norm_reference(y, eps) if pixel_norm else y
+
+
+_op = Op("equalized_conv2d", equalized_conv2d_reference)
+
+
+def equalized_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     gain: float = 2 ** 0.5, padding: Optional[int] = None, activation: Optional[str] = None,
+                     negative_slope: float = 0.2, pixel_norm: bool = False, upsample: bool = False,
+                     eps: float = 1e-8) -> torch.Tensor:
+    """Equalized-LR conv2d (stride 1) with optional upsample, bias, LeakyReLU and PixelNorm.
+
+    x: [N, in, H, W]; weight: [out, in, k, k] stored as N(0, 1); bias: [out] or None.
+    padding None means "same" (odd k). Output: [N, out, H', W'] (H' = 2H with upsample).
+    """
+    check_rank("equalized_conv2d", x, 4, "[N, C, H, W]")
+    check_rank("equalized_conv2d weight", weight, 4, "[out_channels, in_channels, k, k]")
+    check_floating("equalized_conv2d", x)
+    activation = check_activation(activation)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"equalized_conv2d: input has {x.shape[1]} channels but the weight expects {weight.shape[1]} "
+                         f"(weight shape {tuple(weight.shape)})")
+    if weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"equalized_conv2d needs a square kernel, got weight shape {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"equalized_conv2d: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if padding is None:
+        padding = same_padding(weight.shape[2])
+    return _op(x, weight, bias, gain, padding, activation, negative_slope, pixel_norm, upsample, eps)

@@ -1,0 +1,39 @@
+"""equalized_linear: dense layer with weight * gain / sqrt(in_features), unscaled bias, optional LeakyReLU.
+
+Acts on the last dimension, like nn.Linear. Reference: `equalized_linear_reference`.
+Layer: `progan_fast.EqualizedLinear`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..backend import Op
+from ._checks import check_activation, check_floating
+from .bias_act import bias_act_reference
+from .equalized_conv import equalized_scale
+
+
+def equalized_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
+                               activation: Optional[str], negative_slope: float) -> torch.Tensor:
+    y = F.linear(x, weight * equalized_scale(weight, gain))
+    return bias_act_reference(y, bias, activation, negative_slope, dim=-1)
+
+
+_op = Op("equalized_linear", equalized_linear_reference)
+
+
+def equalized_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     gain: float = 2 ** 0.5, activation: Optional[str] = None,
+                     negative_slope: float = 0.2) -> torch.Tensor:
+    """x: [..., in_features]; weight: [out_features, in_features] stored as N(0, 1); bias: [out_features]."""
+    check_floating("equalized_linear", x)
+    activation = check_activation(activation)
+    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"equalized_linear: input of shape {tuple(x.shape)} does not match weight of shape "
+                         f"{tuple(weight.shape)}; the last input dim must equal in_features")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"equalized_linear: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
+    return _op(x, weight, bias, gain, activation, negative_slope)

@@ -1,0 +1,71 @@
+"""fade: the level-of-detail blends of progressive growing (SPEC, "Fade-in").
+
+- ``fade(new, old, alpha)``: the discriminator-side lerp of two feature maps, old + (new - old) * alpha.
+- ``fade_upsample(high, low, alpha)``: alpha * high + (1 - alpha) * upsample2x_nearest(low): G's output,
+  and reals given at both resolutions.
+- ``fade_downsample(x, alpha)``: alpha * x + (1 - alpha) * upsample2x(avgpool2x2(x)): reals during a
+  transition, from the full-resolution image alone.
+
+alpha is a float in [0, 1] or a 0-dim tensor (kept on the device: no host synchronisation).
+References: `*_reference`. `upsample2x` / `downsample2x` are the resampling steps of the models.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..backend import Op
+from ._checks import Alpha, check_alpha, check_rank
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """2x nearest-neighbour upsampling of [N, C, H, W]."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def downsample2x(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling of [N, C, H, W]."""
+    return F.avg_pool2d(x, kernel_size=2)
+
+
+def fade_reference(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    return old + (new - old) * alpha
+
+
+def fade_upsample_reference(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    return fade_reference(high, upsample2x(low), alpha)
+
+
+def fade_downsample_reference(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    return fade_reference(x, upsample2x(downsample2x(x)), alpha)
+
+
+_fade = Op("fade", fade_reference)
+_fade_upsample = Op("fade_upsample", fade_upsample_reference)
+_fade_downsample = Op("fade_downsample", fade_downsample_reference)
+
+
+def fade(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """old + (new - old) * alpha for two tensors of the same shape."""
+    if new.shape != old.shape:
+        raise ValueError(f"fade: new and old must have the same shape, got {tuple(new.shape)} and {tuple(old.shape)}")
+    return _fade(new, old, check_alpha(alpha))
+
+
+def fade_upsample(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """alpha * high + (1 - alpha) * upsample2x_nearest(low); low is half the size of high."""
+    check_rank("fade_upsample", high, 4, "[N, C, H, W]")
+    check_rank("fade_upsample", low, 4, "[N, C, H/2, W/2]")
+    n, c, h, w = high.shape
+    if tuple(low.shape) != (n, c, h // 2, w // 2) or h % 2 or w % 2:
+        raise ValueError(f"fade_upsample: low must have shape {(n, c, h // 2, w // 2)} for high of shape "
+                         f"{tuple(high.shape)} (even H and W), got {tuple(low.shape)}")
+    return _fade_upsample(high, low, check_alpha(alpha))
+
+
+def fade_downsample(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """alpha * x + (1 - alpha) * upsample2x(avgpool2x2(x)) for [N, C, H, W] with even H and W."""
+    check_rank("fade_downsample", x, 4, "[N, C, H, W]")
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        raise ValueError(f"fade_downsample needs even H and W, got shape {tuple(x.shape)}")
+    return _fade_downsample(x, check_alpha(alpha))

@@ -1,0 +1,168 @@
+"""The plain-PyTorch reference ProGAN: the oracle every fast path is tested against.
+
+Written op by op from SPEC.md (the official TensorFlow networks.py, unfused path) with plain torch
+calls and the reference formulas of `progan_fast.ops`; nothing here dispatches to a backend.
+Parameter names match `progan_fast.Generator` / `progan_fast.Discriminator`, so state_dicts load
+both ways.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .architecture import Widths, check_images, check_latents, fading, mbstd_enabled
+from .ops._checks import Alpha, check_alpha
+from .ops.minibatch_stddev import minibatch_stddev_reference
+from .ops.pixel_norm import pixel_norm_reference
+
+SQRT2 = math.sqrt(2.0)
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+def lerp(old: torch.Tensor, new: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    return old + (new - old) * alpha
+
+
+class Conv(nn.Module):
+    """Equalized-LR conv, stride 1, 'same' padding: weight ~ N(0, 1) * gain / sqrt(fan_in), unscaled bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, gain: float = SQRT2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.weight.shape[-1] // 2)
+
+
+class Dense(nn.Module):
+    """Equalized-LR dense layer."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = SQRT2, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class GeneratorInput(nn.Module):
+    """4x4: PN(latent) -> dense to nf x 4 x 4 (gain sqrt(2)/4) -> bias per channel -> act -> PN -> conv3x3 -> act -> PN."""
+
+    def __init__(self, latent_size: int, channels: int):
+        super().__init__()
+        self.dense = Dense(latent_size, channels * 16, gain=SQRT2 / 4, bias=False)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.conv = Conv(channels, channels, 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.dense(pixel_norm_reference(z)).reshape(z.shape[0], -1, 4, 4)
+        x = pixel_norm_reference(lrelu(x + self.bias.reshape(1, -1, 1, 1)))
+        return pixel_norm_reference(lrelu(self.conv(x)))
+
+
+class GeneratorBlock(nn.Module):
+    """res >= 8: upsample x2 (nearest) -> conv3x3 -> act -> PN -> conv3x3 -> act -> PN."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv0 = Conv(in_channels, out_channels, 3)
+        self.conv1 = Conv(out_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = pixel_norm_reference(lrelu(self.conv0(x)))
+        return pixel_norm_reference(lrelu(self.conv1(x)))
+
+
+class Generator(nn.Module):
+    """G(z, res, alpha): images [N, num_channels, res, res]; alpha fades in the newest block (1 = stable)."""
+
+    def __init__(self, resolution: int = 1024, num_channels: int = 3, latent_size: Optional[int] = None,
+                 fmap_base: int = 8192, fmap_max: int = 512):
+        super().__init__()
+        self.widths = Widths(resolution, fmap_base, fmap_max)
+        self.resolution, self.num_channels = resolution, num_channels
+        self.latent_size = latent_size or self.widths.nf(0)
+        nf = self.widths.channels
+        levels = range(self.widths.num_levels)
+        self.blocks = nn.ModuleList([GeneratorInput(self.latent_size, nf(0))] +
+                                    [GeneratorBlock(nf(k - 1), nf(k)) for k in levels[1:]])
+        self.to_rgb = nn.ModuleList([Conv(nf(k), num_channels, 1, gain=1.0) for k in levels])
+
+    def forward(self, z: torch.Tensor, res: int, alpha: Alpha = 1.0) -> torch.Tensor:
+        check_latents(z, self.latent_size)
+        level, alpha = self.widths.level(res), check_alpha(alpha)
+        x = self.blocks[0](z)
+        for k in range(1, level + 1):
+            previous, x = x, self.blocks[k](x)
+        images = self.to_rgb[level](x)
+        if level > 0 and fading(alpha):
+            old = F.interpolate(self.to_rgb[level - 1](previous), scale_factor=2.0, mode="nearest")
+            images = lerp(old, images, alpha)
+        return images
+
+
+class DiscriminatorBlock(nn.Module):
+    """res >= 8: conv3x3 -> act -> conv3x3 (to the next level's width) -> act -> avgpool 2x2."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv0 = Conv(in_channels, in_channels, 3)
+        self.conv1 = Conv(in_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(lrelu(self.conv1(lrelu(self.conv0(x)))), 2)
+
+
+class DiscriminatorOutput(nn.Module):
+    """4x4: minibatch stddev -> conv3x3 -> act -> dense (nf*16 -> nf(0)) -> act -> dense (-> 1, gain 1)."""
+
+    def __init__(self, channels: int, hidden: int, mbstd_group_size: Optional[int]):
+        super().__init__()
+        self.mbstd_group_size = mbstd_group_size
+        extra = 1 if mbstd_enabled(mbstd_group_size) else 0
+        self.conv = Conv(channels + extra, channels, 3)
+        self.dense0 = Dense(channels * 16, hidden)
+        self.dense1 = Dense(hidden, 1, gain=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if mbstd_enabled(self.mbstd_group_size):
+            x = minibatch_stddev_reference(x, self.mbstd_group_size)
+        x = lrelu(self.conv(x))
+        return self.dense1(lrelu(self.dense0(x.flatten(1))))
+
+
+class Discriminator(nn.Module):
+    """D(images, alpha): scores [N, 1]; res is read from the images."""
+
+    def __init__(self, resolution: int = 1024, num_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,
+                 mbstd_group_size: Optional[int] = 4):
+        super().__init__()
+        self.widths = Widths(resolution, fmap_base, fmap_max)
+        self.resolution, self.num_channels = resolution, num_channels
+        nf = self.widths.channels
+        levels = range(self.widths.num_levels)
+        self.from_rgb = nn.ModuleList([Conv(num_channels, nf(k), 1) for k in levels])
+        self.blocks = nn.ModuleList([DiscriminatorOutput(nf(0), self.widths.nf(0), mbstd_group_size)] +
+                                    [DiscriminatorBlock(nf(k), nf(k - 1)) for k in levels[1:]])
+
+    def forward(self, images: torch.Tensor, alpha: Alpha = 1.0) -> torch.Tensor:
+        level, alpha = check_images(images, self.num_channels, self.widths), check_alpha(alpha)
+        x = lrelu(self.from_rgb[level](images))
+        for k in range(level, 0, -1):
+            x = self.blocks[k](x)
+            if k == level and fading(alpha):
+                old = lrelu(self.from_rgb[level - 1](F.avg_pool2d(images, 2)))
+                x = lerp(old, x, alpha)
+        return self.blocks[0](x)
