@@ -104,12 +104,18 @@ def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
     raise ValueError(f"unknown backend {backend!r}")
 
 
+OPS: Dict[str, "Op"] = {}  # every op by name, for coverage listings and tests
+
+
 class Op:
     """One op with its implementations per backend; calling it runs the one selected."""
 
     def __init__(self, name: str, reference: Callable):
+        if name in OPS:
+            raise ValueError(f"an op named {name!r} exists already")
         self.name = name
         self.impls: Dict[str, Callable] = {"torch": reference}
+        OPS[name] = self
 
     def register(self, backend: str, impl: Callable) -> None:
         if backend not in AUTO_PREFERENCE:

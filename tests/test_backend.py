@@ -9,6 +9,12 @@ from progan_fast import backend
 from progan_fast.backend import BackendUnavailableError, Op
 
 
+@pytest.fixture(autouse=True)
+def _scratch_registry(monkeypatch):
+    """Ops made by these tests do not join the package's registry."""
+    monkeypatch.setattr(backend, "OPS", dict(backend.OPS))
+
+
 def _fake_op():
     """An op whose implementations say who ran."""
     op = Op("probe", lambda x: "torch")
@@ -107,6 +113,13 @@ def test_auto_falls_back_to_torch_with_a_single_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert op.select(torch.device("cuda"))(None) == "torch"
+
+
+def test_registry_lists_every_functional_op_once():
+    assert {"bias_act", "pixel_norm", "minibatch_stddev", "fade", "fade_upsample", "fade_downsample",
+            "equalized_conv2d", "equalized_linear", "gradient_penalty"} <= set(backend.OPS)
+    with pytest.raises(ValueError, match="exists already"):
+        Op("pixel_norm", lambda x: x)
 
 
 def test_register_rejects_unknown_backends():
