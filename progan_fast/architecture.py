@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch import nn
 
 from .ops._checks import Alpha
 
@@ -74,3 +75,54 @@ def check_images(images: torch.Tensor, num_channels: int, widths: Widths) -> int
 def mbstd_enabled(group_size: Optional[int]) -> bool:
     """Official: the layer exists for group_size > 1; None selects the whole-batch variant."""
     return group_size is None or group_size > 1
+
+
+class GeneratorSkeleton(nn.Module):
+    """Builds G's modules from the subclass's layer types: blocks[0] is the 4x4 input block, blocks[k] the
+    block at 4 * 2**k, to_rgb[k] its output layer. Subclasses write forward()."""
+
+    def __init__(self, resolution: int = 1024, num_channels: int = 3, latent_size: Optional[int] = None,
+                 fmap_base: int = 8192, fmap_max: int = 512):
+        super().__init__()
+        self.widths = Widths(resolution, fmap_base, fmap_max)
+        self.resolution, self.num_channels = resolution, num_channels
+        self.latent_size = latent_size or self.widths.nf(0)
+        nf = self.widths.channels
+        levels = range(self.widths.num_levels)
+        self.blocks = nn.ModuleList([self.make_input_block(self.latent_size, nf(0))] +
+                                    [self.make_block(nf(k - 1), nf(k)) for k in levels[1:]])
+        self.to_rgb = nn.ModuleList([self.make_to_rgb(nf(k), num_channels) for k in levels])
+
+    def make_input_block(self, latent_size: int, channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def make_block(self, in_channels: int, out_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def make_to_rgb(self, channels: int, num_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+
+class DiscriminatorSkeleton(nn.Module):
+    """Builds D's modules from the subclass's layer types: from_rgb[k] and blocks[k] at 4 * 2**k, blocks[0]
+    the 4x4 output block (minibatch stddev, conv, two dense layers). Subclasses write forward()."""
+
+    def __init__(self, resolution: int = 1024, num_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,
+                 mbstd_group_size: Optional[int] = 4):
+        super().__init__()
+        self.widths = Widths(resolution, fmap_base, fmap_max)
+        self.resolution, self.num_channels = resolution, num_channels
+        nf = self.widths.channels
+        levels = range(self.widths.num_levels)
+        self.from_rgb = nn.ModuleList([self.make_from_rgb(num_channels, nf(k)) for k in levels])
+        self.blocks = nn.ModuleList([self.make_output_block(nf(0), self.widths.nf(0), mbstd_group_size)] +
+                                    [self.make_block(nf(k), nf(k - 1)) for k in levels[1:]])
+
+    def make_from_rgb(self, num_channels: int, channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def make_block(self, in_channels: int, out_channels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def make_output_block(self, channels: int, hidden: int, mbstd_group_size: Optional[int]) -> nn.Module:
+        raise NotImplementedError

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architecture import Widths, check_images, check_latents, fading, mbstd_enabled
+from .architecture import (DiscriminatorSkeleton, GeneratorSkeleton, check_images, check_latents, fading,
+                           mbstd_enabled)
 from .ops._checks import Alpha, check_alpha
 from .ops.minibatch_stddev import minibatch_stddev_reference
 from .ops.pixel_norm import pixel_norm_reference
@@ -85,20 +86,13 @@ class GeneratorBlock(nn.Module):
         return pixel_norm_reference(lrelu(self.conv1(x)))
 
 
-class Generator(nn.Module):
+class Generator(GeneratorSkeleton):
     """G(z, res, alpha): images [N, num_channels, res, res]; alpha fades in the newest block (1 = stable)."""
 
-    def __init__(self, resolution: int = 1024, num_channels: int = 3, latent_size: Optional[int] = None,
-                 fmap_base: int = 8192, fmap_max: int = 512):
-        super().__init__()
-        self.widths = Widths(resolution, fmap_base, fmap_max)
-        self.resolution, self.num_channels = resolution, num_channels
-        self.latent_size = latent_size or self.widths.nf(0)
-        nf = self.widths.channels
-        levels = range(self.widths.num_levels)
-        self.blocks = nn.ModuleList([GeneratorInput(self.latent_size, nf(0))] +
-                                    [GeneratorBlock(nf(k - 1), nf(k)) for k in levels[1:]])
-        self.to_rgb = nn.ModuleList([Conv(nf(k), num_channels, 1, gain=1.0) for k in levels])
+    make_input_block, make_block = GeneratorInput, GeneratorBlock
+
+    def make_to_rgb(self, channels: int, num_channels: int) -> nn.Module:
+        return Conv(channels, num_channels, 1, gain=1.0)
 
     def forward(self, z: torch.Tensor, res: int, alpha: Alpha = 1.0) -> torch.Tensor:
         check_latents(z, self.latent_size)
@@ -143,19 +137,13 @@ class DiscriminatorOutput(nn.Module):
         return self.dense1(lrelu(self.dense0(x.flatten(1))))
 
 
-class Discriminator(nn.Module):
+class Discriminator(DiscriminatorSkeleton):
     """D(images, alpha): scores [N, 1]; res is read from the images."""
 
-    def __init__(self, resolution: int = 1024, num_channels: int = 3, fmap_base: int = 8192, fmap_max: int = 512,
-                 mbstd_group_size: Optional[int] = 4):
-        super().__init__()
-        self.widths = Widths(resolution, fmap_base, fmap_max)
-        self.resolution, self.num_channels = resolution, num_channels
-        nf = self.widths.channels
-        levels = range(self.widths.num_levels)
-        self.from_rgb = nn.ModuleList([Conv(num_channels, nf(k), 1) for k in levels])
-        self.blocks = nn.ModuleList([DiscriminatorOutput(nf(0), self.widths.nf(0), mbstd_group_size)] +
-                                    [DiscriminatorBlock(nf(k), nf(k - 1)) for k in levels[1:]])
+    make_block, make_output_block = DiscriminatorBlock, DiscriminatorOutput
+
+    def make_from_rgb(self, num_channels: int, channels: int) -> nn.Module:
+        return Conv(num_channels, channels, 1)
 
     def forward(self, images: torch.Tensor, alpha: Alpha = 1.0) -> torch.Tensor:
         level, alpha = check_images(images, self.num_channels, self.widths), check_alpha(alpha)
