@@ -16,7 +16,6 @@ cuDNN): asking for a backend selects it wherever it exists.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib.util
 import os
 import warnings
@@ -29,7 +28,8 @@ ENV_VAR = "PROGAN_FAST_BACKEND"
 # Order in which `auto` tries the accelerated backends of an op.
 AUTO_PREFERENCE = ("triton", "cuda")
 
-_selected: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("progan_fast_backend", default=None)
+# A plain module global (not a ContextVar): torch.compile guards on it, so switching backends recompiles.
+_selected: Optional[str] = None
 _warned_fallback = False
 
 
@@ -45,26 +45,27 @@ def _check_name(name: str, source: str) -> str:
 
 def get_backend() -> str:
     """The backend in force: the one set in code, else ``$PROGAN_FAST_BACKEND``, else ``auto``."""
-    name = _selected.get()
-    if name is not None:
-        return name
+    if _selected is not None:
+        return _selected
     env = os.environ.get(ENV_VAR)
     return _check_name(env, f"the environment variable {ENV_VAR}") if env else "auto"
 
 
 def set_backend(name: str) -> None:
     """Select the backend for all ops from now on (``auto``, ``torch``, ``triton`` or ``cuda``)."""
-    _selected.set(_check_name(name, "set_backend"))
+    global _selected
+    _selected = _check_name(name, "set_backend")
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Select a backend inside a ``with`` block and restore the previous choice after it."""
-    token = _selected.set(_check_name(name, "use_backend"))
+    global _selected
+    previous, _selected = _selected, _check_name(name, "use_backend")
     try:
         yield
     finally:
-        _selected.reset(token)
+        _selected = previous
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import progan_fast  # noqa: E402
 from progan_fast import backend  # noqa: E402
 
 
@@ -15,10 +14,8 @@ from progan_fast import backend  # noqa: E402
 def _fresh_state(monkeypatch):
     """Each test starts on the default backend with a fixed seed."""
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    token = backend._selected.set(None)
+    monkeypatch.setattr(backend, "_selected", None)
     torch.manual_seed(0)
-    yield
-    backend._selected.reset(token)
 
 
 def pytest_configure(config):
