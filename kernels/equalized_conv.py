@@ -1,0 +1,213 @@
+"""Triton kernels of equalized_conv2d: an implicit-GEMM convolution with a fused epilogue, and the
+fused backward of that epilogue.
+
+Forward, one program per tile of [BLOCK_M output pixels] x [BLOCK_N output channels]:
+    [2x nearest upsample] -> conv (stride 1, any square k and padding; with upsample odd k, same padding)
+    -> * equalized-LR scale -> + bias -> [LeakyReLU] -> [PixelNorm over the output channels].
+GEMM view: M = N * H_out * W_out pixels, N = out channels, K = taps * in channels, accumulated in fp32.
+The upsample is never materialised: the kernel runs the equivalent stride-2 transposed convolution, one output
+phase (2x2 parity class of output pixels) per program, reading x at its own resolution (as the official
+code's "fused_scale"); see `conv_forward`.
+
+Layouts: every tensor is addressed through its strides, so NCHW, channels_last and other strided
+inputs run without a copy; the caller allocates the outputs (in the input's memory format).
+
+Precision policy for fp32 inputs: `tl.dot(..., input_precision="ieee")` (exact fp32) unless the tensor is
+on CUDA and `torch.backends.cudnn.allow_tf32` is set, in which case "tf32" -- the same switch that governs
+torch's own convolutions, so the triton backend rounds the way the reference path does on that machine.
+fp16/bf16 inputs use the tensor cores directly; the accumulator is always fp32; the output has the input dtype.
+
+PixelNorm needs every output channel of a pixel: with pixel_norm the channel tile spans all output channels
+(BLOCK_N = next_pow2(out), at most 512 in ProGAN) and the pixel tile shrinks to keep the accumulator size fixed.
+A separate normalisation pass would re-read and re-write the whole output, which costs most at the high
+resolutions, where the memory-bound layers have few channels and a full-width tile is cheap anyway.
+The tile sizes below are untuned first choices: they have not been measured on a GPU yet.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# Accumulator elements per program (BLOCK_M * BLOCK_N): 64 x 128 fp32 without PixelNorm, up to 32 x 512 with it.
+_ACC_ELEMENTS = 8192
+_ACC_ELEMENTS_PIXEL_NORM = 16384
+_MIN_DOT_BLOCK = 16  # tl.dot needs every tile dimension >= 16
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, r_ptr,
+                     C_in, H_in, W_in, C_out, H_out, W_out, H_grid, W_grid, num_rows, padding,
+                     sxn, sxc, sxh, sxw, swo, swi, swh, sww, syn, syc, syh, syw,
+                     scale, negative_slope, eps,
+                     TAPS: tl.constexpr, TAP_STEP: tl.constexpr, UPSAMPLE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     LRELU: tl.constexpr, PIXEL_NORM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    # GEMM rows: pixels of the (H_grid, W_grid) grid, the output without upsample, the input with it.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < num_rows
+    n_ok = offs_n < C_out
+    image = (offs_m // (H_grid * W_grid)).to(tl.int64)
+    gh = (offs_m // W_grid) % H_grid
+    gw = offs_m % W_grid
+    if UPSAMPLE:
+        # Program axis 2 is the output phase (a_h, a_w): output pixel (2 gh + a_h, 2 gw + a_w) reads input
+        # rows gh + d0_h + j (j < TAPS) through tap wh0 - 2 j of the transposed-conv kernel (see upsample_weight).
+        phase = tl.program_id(2)
+        a_h = phase // 2
+        a_w = phase % 2
+        ho = 2 * gh + a_h
+        wo = 2 * gw + a_w
+        d0_h = -((padding - a_h + 1) // 2)  # floor((a - padding) / 2), with a non-negative dividend
+        d0_w = -((padding - a_w + 1) // 2)
+        ih0 = gh + d0_h
+        iw0 = gw + d0_w
+        wh0 = a_h + padding - 2 * d0_h
+        ww0 = a_w + padding - 2 * d0_w
+    else:
+        ho = gh
+        wo = gw
+        ih0 = gh - padding
+        iw0 = gw - padding
+        wh0 = 0
+        ww0 = 0
+    x_image = x_ptr + image * sxn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for jh in tl.static_range(TAPS):
+        ih = ih0 + jh
+        h_ok = (ih >= 0) & (ih < H_in)
+        ih = tl.where(h_ok, ih, 0)
+        for jw in tl.static_range(TAPS):
+            iw = iw0 + jw
+            pix_ok = m_ok & h_ok & (iw >= 0) & (iw < W_in)
+            iw = tl.where(pix_ok, iw, 0)
+            x_pix = x_image + ih * sxh + iw * sxw
+            w_tap = w_ptr + (wh0 + TAP_STEP * jh) * swh + (ww0 + TAP_STEP * jw) * sww
+            for c0 in range(0, C_in, BLOCK_K):
+                offs_k = c0 + tl.arange(0, BLOCK_K)
+                k_ok = offs_k < C_in
+                a = tl.load(x_pix[:, None] + offs_k[None, :] * sxc, mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(w_tap + offs_k[:, None] * swi + offs_n[None, :] * swo,
+                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    # Epilogue. Padded channels stay exactly 0 through it, so they do not disturb the PixelNorm mean.
+    acc = acc * scale
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if LRELU:
+        acc = tl.where(acc > 0, acc, acc * negative_slope)
+    if PIXEL_NORM:
+        r = tl.rsqrt(tl.sum(acc * acc, axis=1) / C_out + eps)
+        acc = acc * r[:, None]
+        tl.store(r_ptr + (image * H_out + ho) * W_out + wo, r, mask=m_ok)
+    y_pix = y_ptr + image * syn + ho * syh + wo * syw
+    tl.store(y_pix[:, None] + offs_n[None, :] * syc, acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _epilogue_bwd_kernel(dy_ptr, y_ptr, r_ptr, dv_ptr, db_ptr,
+                         C, H, W, num_pixels,
+                         sdn, sdc, sdh, sdw, syn, syc, syh, syw, svn, svc, svh, svw,
+                         negative_slope,
+                         LRELU: tl.constexpr, PIXEL_NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Gradient of the pre-activation v (conv + bias) from dy, y = PN(lrelu(v)) and r = PN's rsqrt factor:
+    du = r * (dy - y * mean_c(dy * y)), dv = du * (1 if y > 0 else slope); plus this tile's partial bias
+    gradient (sum of dv over its pixels), written to row pid of db (summed on the host: deterministic, no atomics)."""
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.arange(0, BLOCK_C)
+    m_ok = offs_m < num_pixels
+    mask = m_ok[:, None] & (offs_c < C)[None, :]
+    image = (offs_m // (H * W)).to(tl.int64)
+    h = (offs_m // W) % H
+    w = offs_m % W
+    dy = tl.load(dy_ptr + (image * sdn + h * sdh + w * sdw)[:, None] + offs_c[None, :] * sdc, mask=mask, other=0.0)
+    y = tl.load(y_ptr + (image * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask, other=0.0)
+    dy = dy.to(tl.float32)
+    y = y.to(tl.float32)
+    grad = dy
+    if PIXEL_NORM:
+        r = tl.load(r_ptr + offs_m, mask=m_ok, other=0.0)
+        mean_dy_y = tl.sum(dy * y, axis=1) / C
+        grad = r[:, None] * (dy - y * mean_dy_y[:, None])
+    if LRELU:  # y and the pre-activation share their sign (r > 0, slope >= 0)
+        grad = tl.where(y > 0, grad, grad * negative_slope)
+    tl.store(dv_ptr + (image * svn + h * svh + w * svw)[:, None] + offs_c[None, :] * svc,
+             grad.to(dv_ptr.dtype.element_ty), mask=mask)
+    tl.store(db_ptr + pid * C + offs_c, tl.sum(grad, axis=0), mask=offs_c < C)
+
+
+def dot_precision(x: torch.Tensor) -> str:
+    """"ieee" only for exact fp32; fp16/bf16 operands get Triton's default, under which they run on tensor cores."""
+    exact_fp32 = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32)
+    return "ieee" if exact_fp32 else "tf32"
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    return max(triton.next_power_of_2(n), floor)
+
+
+def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
+                 r: torch.Tensor, scale: float, padding: int, lrelu: bool, negative_slope: float, pixel_norm: bool,
+                 upsample: bool, eps: float) -> None:
+    """Writes y [N, out, H_out, W_out] and, with pixel_norm, r [N, H_out, W_out] (fp32 PixelNorm factors).
+
+    With upsample, `weight` is the [out, in, k + 1, k + 1] kernel of the equivalent stride-2 transposed conv
+    (`upsample_weight` of the k x k one, same padding): each output phase then needs (k + 1) / 2 taps per
+    dimension instead of k (4 instead of 9 products per 3x3 output pixel), and x is read at its own size."""
+    n, c_out, h_out, w_out = y.shape
+    h_grid, w_grid = (x.shape[2], x.shape[3]) if upsample else (h_out, w_out)
+    num_rows = n * h_grid * w_grid
+    if num_rows == 0 or c_out == 0:
+        return
+    if pixel_norm:
+        block_n = _pow2_at_least(c_out, _MIN_DOT_BLOCK)
+        block_m = max(_MIN_DOT_BLOCK, min(64, _ACC_ELEMENTS_PIXEL_NORM // block_n))
+    else:
+        block_n = min(128, _pow2_at_least(c_out, _MIN_DOT_BLOCK))
+        block_m = min(128, _ACC_ELEMENTS // block_n)
+    block_m = min(block_m, _pow2_at_least(num_rows, _MIN_DOT_BLOCK))  # small maps: no idle rows
+    block_k = min(32, _pow2_at_least(x.shape[1], _MIN_DOT_BLOCK))
+    grid = (triton.cdiv(num_rows, block_m), triton.cdiv(c_out, block_n), 4 if upsample else 1)
+    # Weight as [k, k, in, out] in x's dtype: the weight tile loads are contiguous along out (coalesced) and
+    # half the bytes for 16-bit inputs, for one copy of at most 9.4 MB (512x512x3x3 fp32) per call. Unmeasured.
+    taps_layout = weight.permute(2, 3, 1, 0)
+    w_taps = weight.new_empty(taps_layout.shape, dtype=x.dtype).copy_(taps_layout)
+    swh, sww, swi, swo = w_taps.stride()
+    k = weight.shape[2]
+    _conv_fwd_kernel[grid](
+        x, w_taps, bias if bias is not None else y, y, r if pixel_norm else y,  # y: unread placeholder pointer
+        x.shape[1], x.shape[2], x.shape[3], c_out, h_out, w_out, h_grid, w_grid, num_rows, padding,
+        *x.stride(), swo, swi, swh, sww, *y.stride(),
+        scale, negative_slope, eps,
+        TAPS=k // 2 if upsample else k, TAP_STEP=-2 if upsample else 1, UPSAMPLE=upsample, HAS_BIAS=bias is not None,
+        LRELU=lrelu, PIXEL_NORM=pixel_norm, DOT_PRECISION=dot_precision(x),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=8 if block_m * block_n >= _ACC_ELEMENTS_PIXEL_NORM else 4)
+
+
+def epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, dv: torch.Tensor, lrelu: bool,
+                      negative_slope: float, pixel_norm: bool) -> torch.Tensor:
+    """Writes dv, the gradient of the pre-activation; returns the bias gradient (fp32 [C])."""
+    n, c, h, w = y.shape
+    num_pixels = n * h * w
+    if num_pixels == 0 or c == 0:
+        return torch.zeros(c, dtype=torch.float32, device=y.device)
+    block_c = triton.next_power_of_2(c)
+    block_m = max(1, min(128, _ACC_ELEMENTS // block_c, triton.next_power_of_2(num_pixels)))
+    grid = (triton.cdiv(num_pixels, block_m),)
+    db_partial = torch.empty((grid[0], c), dtype=torch.float32, device=y.device)
+    _epilogue_bwd_kernel[grid](
+        dy, y, r if pixel_norm else y, dv, db_partial, c, h, w, num_pixels,  # y: unread placeholder pointer
+        *dy.stride(), *y.stride(), *dv.stride(), negative_slope,
+        LRELU=lrelu, PIXEL_NORM=pixel_norm, BLOCK_M=block_m, BLOCK_C=block_c)
+    return db_partial.sum(0)
