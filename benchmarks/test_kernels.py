@@ -1,0 +1,47 @@
+"""Kernel throughput: every public op on every backend (torch, triton, cuda, and the eager conv chain) at the
+shapes of ProGAN training, forward, backward and forward+backward. Outputs and gradients are checked
+against the torch backend in fp32 before timing."""
+import pytest
+
+from progan_fast import benchmarking
+
+SWEEP = benchmarking.Sweep.from_env()
+CASES = benchmarking.op_cases(SWEEP.resolutions, SWEEP.dtypes)
+CLOCK = benchmarking.CudaEventClock()
+_check_results = {}  # (case id, backend) -> largest relative error against fp32, or the mismatch message
+
+
+def _checked(case, backend, device):
+    key = (case.id, backend)
+    if key not in _check_results:
+        try:
+            _check_results[key] = benchmarking.check_against_torch(case, backend, device)
+        except AssertionError as mismatch:
+            _check_results[key] = str(mismatch)
+    if isinstance(_check_results[key], str):
+        pytest.fail(_check_results[key])
+    return _check_results[key]
+
+
+@pytest.mark.benchmark(timer=CLOCK, disable_gc=True)
+@pytest.mark.parametrize("case, backend, pass_", [
+    pytest.param(case, backend, pass_, id=f"{case.id}-{pass_}-{backend}")
+    for case in CASES for pass_ in case.passes for backend in case.backends])
+def test_kernel(benchmark, case, backend, pass_, device, ceilings, kernel_budget, kernel_rows):
+    reason = benchmarking.backend_skip_reason(case, backend, device)
+    if reason:
+        pytest.skip(reason)
+    if kernel_budget.spent():
+        pytest.skip(f"the {SWEEP.name} sweep's kernel time budget ({SWEEP.kernel_budget_seconds:.0f} s) is spent")
+    max_error = _checked(case, backend, device)
+    set_bytes = case.cost("forward")[1]
+    input_sets = [case.make_inputs(device, seed)
+                  for seed in range(benchmarking.rotation_count(set_bytes, benchmarking.l2_cache_bytes(device)))]
+    call = benchmarking.timed_call(case, backend, pass_, input_sets)
+    rounds, iterations = benchmarking.plan_rounds(benchmarking.gpu_median_seconds(call, warmup=3, reps=5),
+                                                  SWEEP.seconds_per_benchmark)
+    benchmark.group = f"{case.id} {pass_}"
+    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1)
+    row = benchmarking.kernel_row(case, backend, pass_, benchmark.stats.stats.median, ceilings, max_error)
+    benchmark.extra_info.update(row)
+    kernel_rows.append(row)
