@@ -18,9 +18,13 @@ setup(
         "ninja",
         "numpy",
         "pillow",
+        "safetensors",  # checkpoints that load without executing code (no pickle)
+        "tqdm",
+        "scikit-learn",  # its bundled digits are the built-in dataset: real images with no download
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "tensorboard"],
+        "tensorboard": ["tensorboard"],
         "bench": ["pytest-benchmark", "nvidia-ml-py"],
     },
 )

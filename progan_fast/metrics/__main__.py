@@ -1,0 +1,52 @@
+"""python -m progan_fast.metrics CHECKPOINT: SWD of a checkpoint's EMA generator against its training reals."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import List, Optional
+
+import torch
+
+from ..training.data import RealImages, prepare_cache
+from ..training.loop import evaluate_swd
+from ..training.networks import default_device, load_generator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m progan_fast.metrics",
+                                description="Sliced Wasserstein distance (x1e3 per Laplacian level and mean) between "
+                                            "EMA samples of a checkpoint and the reals it was trained on.")
+    p.add_argument("checkpoint", help="checkpoint folder (checkpoints/step-*) or run folder (its latest checkpoint)")
+    p.add_argument("--data", help="image folder of the reals (default: the run's own --data)")
+    p.add_argument("--cache-dir", help="cache folder of prepared reals (default: the run's)")
+    p.add_argument("--num-images", type=int, default=8192, help="images per set (default 8192; the paper used "
+                   "16384); capped at the dataset size")
+    p.add_argument("--resolution", type=int, help="resolution to evaluate (default: the checkpoint's current one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of latents, reals and projections (default 0)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: a GPU if there is one)")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = torch.device(args.device) if args.device else default_device()
+    try:
+        G, state, config = load_generator(args.checkpoint, device)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    res = args.resolution or state["resolution"]
+    alpha = state["alpha"] if res == state["resolution"] else 1.0
+    if res < 8:
+        parser.error(f"SWD needs 7x7 patches, so a resolution of at least 8; the checkpoint is at {res}x{res}")
+    cache = prepare_cache(args.data or config.data, config.resolution, args.cache_dir or config.cache_dir)
+    data = RealImages(cache, args.seed, False, device, channels_last=False)
+    count = min(args.num_images, data.count)
+    result = {"resolution": res, "alpha": alpha, "images": count,
+              "swd_x1e3": evaluate_swd(G, data, res, count, args.seed, device, alpha=alpha)}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

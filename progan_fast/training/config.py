@@ -1,0 +1,251 @@
+"""Training options: presets, the command-line parser and the resolved configuration.
+
+Every number of a preset can be overridden on the command line. Options split in two: training options define
+the run (changing one would make a resumed run a different run, so a resume refuses that), and run-control
+options (where outputs go, how often to log, which backend...) may change when a run is resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+OFFICIAL_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
+QUICK_MINIBATCH = {4: 64, 8: 64, 16: 32, 32: 32, 64: 16, 128: 16, 256: 8, 512: 4, 1024: 4}
+
+PRESETS = {
+    # The official TensorFlow code's defaults (the paper used 800k + 800k images per resolution).
+    "official": dict(stable_kimg=600.0, fade_kimg=600.0, minibatch=OFFICIAL_MINIBATCH, fmap_base=8192, fmap_max=512,
+                     tick_kimg=160.0, swd_images=8192),
+    # Small networks and short phases: demos on a CPU and CI.
+    # The default 4x4 -> 32x32 run on the built-in digits takes about 15 minutes on one CPU core.
+    "quick": dict(stable_kimg=10.0, fade_kimg=10.0, minibatch=QUICK_MINIBATCH, fmap_base=256, fmap_max=64,
+                  tick_kimg=2.0, swd_images=1024),
+}
+QUICK = PRESETS["quick"]
+BUILTIN_RESOLUTION = 32
+FOLDER_RESOLUTION = 256
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    # Training options (fixed for the life of a run).
+    data: Optional[str] = None
+    resolution: int = BUILTIN_RESOLUTION
+    preset: str = "quick"
+    stable_kimg: float = QUICK["stable_kimg"]
+    fade_kimg: float = QUICK["fade_kimg"]
+    minibatch: Dict[int, int] = field(default_factory=lambda: dict(QUICK_MINIBATCH))
+    lr: float = 0.001
+    beta1: float = 0.0
+    beta2: float = 0.99
+    adam_eps: float = 1e-8
+    gp_weight: float = 10.0
+    drift: float = 0.001
+    ema_beta: float = 0.999
+    latent_size: Optional[int] = None
+    fmap_base: int = QUICK["fmap_base"]
+    fmap_max: int = QUICK["fmap_max"]
+    mbstd_group_size: int = 4
+    mirror: bool = False
+    seed: int = 0
+    amp: str = "auto"
+    # Run control (may change on resume).
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    cache_dir: Optional[str] = None
+    backend: str = "auto"
+    device: str = "auto"
+    tick_kimg: float = QUICK["tick_kimg"]
+    snapshot_ticks: int = 5
+    keep_checkpoints: int = 3
+    grid: str = "8x4"
+    swd_images: int = QUICK["swd_images"]
+    max_steps: Optional[int] = None
+    tensorboard: bool = True
+    channels_last: str = "auto"
+    cudnn_benchmark: bool = True
+    progress: bool = True
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["minibatch"] = {str(res): size for res, size in self.minibatch.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        data["minibatch"] = {int(res): size for res, size in data["minibatch"].items()}
+        return cls(**data)
+
+    @property
+    def grid_shape(self):
+        return parse_grid(self.grid)
+
+
+TRAINING_OPTIONS = ("data", "resolution", "preset", "stable_kimg", "fade_kimg", "minibatch", "lr", "beta1", "beta2",
+                    "adam_eps", "gp_weight", "drift", "ema_beta", "latent_size", "fmap_base", "fmap_max",
+                    "mbstd_group_size", "mirror", "seed", "amp")
+
+
+def parse_minibatch(text: str) -> Dict[int, int]:
+    sizes = {}
+    for item in text.split(","):
+        try:
+            res, size = (int(part) for part in item.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--minibatch expects RES:SIZE pairs separated by commas "
+                                             f"(e.g. 4:128,8:64), got {text!r}") from None
+        if size < 1:
+            raise argparse.ArgumentTypeError(f"--minibatch: size for {res}x{res} must be >= 1, got {size}")
+        sizes[res] = size
+    return sizes
+
+
+def parse_grid(text: str):
+    try:
+        cols, rows = (int(part) for part in text.lower().split("x"))
+        if cols < 1 or rows < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grid expects COLSxROWS with positive numbers (e.g. 8x4), got {text!r}") \
+            from None
+    return cols, rows
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "1", "yes"):
+        return True
+    if text.lower() in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Defaults are None here so that the options the user gave can be told apart from preset values.
+    p = argparse.ArgumentParser(
+        prog="python -m progan_fast.train",
+        description="Train a Progressive GAN (ProGAN) from 4x4 up to --resolution, with WGAN-GP, mixed precision "
+                    "and multi-GPU data parallelism (launch with torchrun --nproc_per_node N -m progan_fast.train).",
+        argument_default=None)
+    data = p.add_argument_group("data")
+    data.add_argument("--data", metavar="FOLDER", help="folder of images (png/jpg/webp, searched recursively); "
+                      "without it: the 8x8 handwritten digits bundled with scikit-learn, upscaled (no download)")
+    data.add_argument("--resolution", type=int, help=f"final resolution, a power of two from 4 to 1024 "
+                      f"(default {FOLDER_RESOLUTION} with --data, {BUILTIN_RESOLUTION} for the built-in digits)")
+    data.add_argument("--mirror", type=_on_off, metavar="on|off", help="random horizontal flips of the reals (off)")
+    data.add_argument("--cache-dir", metavar="DIR", help="where the prepared uint8 arrays per resolution are kept "
+                      "(default $XDG_CACHE_HOME/progan_fast or ~/.cache/progan_fast)")
+    sched = p.add_argument_group("schedule (defaults from --preset)")
+    sched.add_argument("--preset", choices=sorted(PRESETS), help="official: the defaults of the official ProGAN code "
+                       "(600k + 600k images per resolution, its minibatches and widths); quick: small networks and "
+                       "short phases for demos and CI. Default: official with --data, quick without")
+    sched.add_argument("--stable-kimg", type=float,
+                       help="thousands of images per stable phase (official 600, quick 10)")
+    sched.add_argument("--fade-kimg", type=float, help="thousands of images per fade-in phase (official 600, quick 10)")
+    sched.add_argument("--minibatch", type=parse_minibatch, metavar="RES:SIZE,...",
+                       help="minibatch per resolution and per process, overriding the preset's (e.g. 4:64,8:64); "
+                            "global batch = this x number of processes")
+    sched.add_argument("--max-steps", type=int, help="stop (and save a checkpoint) after this many steps in total; "
+                       "continue later with --resume")
+    opt = p.add_argument_group("loss and optimizer")
+    opt.add_argument("--lr", type=float, help="Adam learning rate (0.001)")
+    opt.add_argument("--beta1", type=float, help="Adam beta1 (0.0)")
+    opt.add_argument("--beta2", type=float, help="Adam beta2 (0.99)")
+    opt.add_argument("--adam-eps", type=float, help="Adam epsilon (1e-8)")
+    opt.add_argument("--gp-weight", type=float, help="WGAN-GP lambda (10)")
+    opt.add_argument("--drift", type=float, help="weight of D(real)^2 in the D loss (0.001)")
+    opt.add_argument("--ema-beta", type=float, help="decay of the EMA copy of G used for samples and metrics (0.999)")
+    net = p.add_argument_group("networks (defaults from --preset)")
+    net.add_argument("--fmap-base", type=int, help="channels = min(fmap_base / 2**stage, fmap_max), "
+                     "stage = log2(res) - 1 (official 8192, quick 256)")
+    net.add_argument("--fmap-max", type=int, help="largest channel count (official 512, quick 64)")
+    net.add_argument("--latent-size", type=int, help="latent size (default: the 4x4 width)")
+    net.add_argument("--mbstd-group-size", type=int, help="minibatch stddev group size; 1 turns the layer off (4)")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", metavar="DIR", help="run folder (default: a new numbered folder under ./runs; "
+                     "with --resume: the resumed run's folder)")
+    run.add_argument("--resume", metavar="PATH", help="checkpoint folder, or a run folder (its latest checkpoint)")
+    run.add_argument("--seed", type=int, help="seed of weights, latents, data order and flips (0)")
+    run.add_argument("--amp", choices=AMP_MODES, help="mixed precision: bf16, fp16 (dynamic loss scaling) or off; "
+                     "auto = bf16 on GPUs that support it, else off (auto)")
+    run.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), help="progan_fast op backend (auto)")
+    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (auto: the local GPU if there is one)")
+    run.add_argument("--channels-last", choices=("auto", "on", "off"), help="channels_last memory format "
+                     "(auto: on for CUDA)")
+    run.add_argument("--cudnn-benchmark", type=_on_off, metavar="on|off", help="cudnn.benchmark (on)")
+    logs = p.add_argument_group("outputs")
+    logs.add_argument("--tick-kimg", type=float, help="thousands of images between log lines and sample "
+                      "grids (official 160, quick 2)")
+    logs.add_argument("--snapshot-ticks", type=int, help="ticks between checkpoints (also saved at the end of "
+                      "each resolution and of the run) (5)")
+    logs.add_argument("--keep-checkpoints", type=int, help="how many recent checkpoints to keep (3)")
+    logs.add_argument("--grid", metavar="COLSxROWS", help="layout of the sample grids (8x4)")
+    logs.add_argument("--swd-images", type=int, help="images per set for the SWD at the end of each resolution; "
+                      "0 turns it off (preset: 8192 official, 1024 quick)")
+    logs.add_argument("--tensorboard", type=_on_off, metavar="on|off", help="TensorBoard scalars and images (on)")
+    logs.add_argument("--progress", type=_on_off, metavar="on|off", help="tqdm progress bar (on)")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> TrainConfig:
+    """Preset values, then the options given on the command line."""
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    preset_name = given.get("preset") or ("official" if given.get("data") else "quick")
+    config = TrainConfig(preset=preset_name)
+    preset = PRESETS[preset_name]
+    for key, value in preset.items():
+        setattr(config, key, dict(value) if isinstance(value, dict) else value)
+    config.resolution = FOLDER_RESOLUTION if given.get("data") else BUILTIN_RESOLUTION
+    for key, value in given.items():
+        if key == "minibatch":
+            config.minibatch.update(value)
+        else:
+            setattr(config, key, value)
+    check(config)
+    return config
+
+
+def merge_for_resume(saved: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """The saved run's configuration; run-control options may be given again, training options may not change."""
+    config = dataclasses.replace(saved, minibatch=dict(saved.minibatch), out=None, max_steps=None)
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        if key in TRAINING_OPTIONS:
+            current = getattr(saved, key)
+            same = {**current, **value} == current if key == "minibatch" else current == value
+            if not same:
+                raise ValueError(f"--{key.replace('_', '-')} cannot change when resuming (the run was started "
+                                 f"with {current!r}); start a new run instead")
+        else:
+            setattr(config, key, value)
+    check(config)
+    return config
+
+
+def check(config: TrainConfig) -> None:
+    res = config.resolution
+    if res < 4 or res > 1024 or res & (res - 1):
+        raise ValueError(f"--resolution must be a power of two from 4 to 1024, got {res}")
+    for name in ("stable_kimg", "fade_kimg", "tick_kimg", "lr", "adam_eps"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.tick_kimg == 0:
+        raise ValueError("--tick-kimg must be > 0")
+    if config.mbstd_group_size < 1:
+        raise ValueError(f"--mbstd-group-size must be >= 1 (1 turns the layer off), got {config.mbstd_group_size}")
+    for res, size in config.minibatch.items():
+        group = min(config.mbstd_group_size, size)
+        if res <= config.resolution and config.mbstd_group_size > 1 and size % group:
+            raise ValueError(f"minibatch {size} at {res}x{res} is not a multiple of the minibatch-stddev group "
+                             f"size {group}; change --minibatch or --mbstd-group-size")
+    if config.amp not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
+    if config.snapshot_ticks < 1 or config.keep_checkpoints < 1:
+        raise ValueError("--snapshot-ticks and --keep-checkpoints must be >= 1")
+    if config.max_steps is not None and config.max_steps < 0:
+        raise ValueError(f"--max-steps must be >= 0, got {config.max_steps}")
+    parse_grid(config.grid)

@@ -1,0 +1,197 @@
+"""Real images: prepared once into uint8 arrays per resolution (numpy .npy memmaps), then read by index.
+
+A folder of images is decoded once: RGB, center-cropped to a square, resized to the final resolution with
+Lanczos, and every lower resolution is the 2x2 box average of the next one (as the official dataset tool does).
+The cache key hashes the image paths, sizes and modification times, so a changed folder is prepared again.
+Without a folder, the handwritten digits bundled with scikit-learn are used (installed files, no download).
+
+The order of the reals is a pure function of (seed, images shown): a fresh permutation per epoch, the global
+batch is a window of that stream and each process takes its own slice of it. So a resumed run sees the same
+images, and N processes see exactly the images one process with N times the batch would see.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+CACHE_FORMAT = 1
+BUILTIN_NAME = "scikit-learn digits"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "progan_fast"
+
+
+def find_images(folder: str) -> List[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"--data {folder!r} is not a folder; give a folder that contains images")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not paths:
+        raise ValueError(f"--data {folder!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively); "
+                         "point it at a folder of images")
+    return paths
+
+
+def folder_fingerprint(root: str, paths: Sequence[Path], resolution: int) -> str:
+    digest = hashlib.sha1(f"progan_fast cache v{CACHE_FORMAT} {resolution}\n".encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def load_square_rgb(path: Path, resolution: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        return np.asarray(image.resize((resolution, resolution), Image.LANCZOS), dtype=np.uint8)
+
+
+def digits_images(resolution: int) -> np.ndarray:
+    """scikit-learn's 1797 8x8 digits (values 0..16) as uint8 RGB at `resolution` (Lanczos)."""
+    from PIL import Image
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise RuntimeError("the built-in dataset needs scikit-learn (pip install scikit-learn); or give --data "
+                           "FOLDER") from None
+    digits = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+    resized = [np.asarray(Image.fromarray(d, "L").resize((resolution, resolution), Image.LANCZOS).convert("RGB"))
+               for d in digits]
+    return np.stack(resized)
+
+
+def halve(images: np.ndarray) -> np.ndarray:
+    """2x2 box average of uint8 [N, H, W, 3], rounded."""
+    n, h, w, c = images.shape
+    blocks = images.reshape(n, h // 2, 2, w // 2, 2, c).astype(np.uint16).sum(axis=(2, 4))
+    return ((blocks + 2) // 4).astype(np.uint8)
+
+
+def _write_levels(folder: Path, count: int, resolution: int, fill_top: Callable[[np.ndarray], None],
+                  chunk: int = 256) -> None:
+    top = np.lib.format.open_memmap(folder / f"{resolution}.npy", "w+", np.uint8, (count, resolution, resolution, 3))
+    fill_top(top)
+    res, source = resolution, top
+    while res > 4:
+        res //= 2
+        level = np.lib.format.open_memmap(folder / f"{res}.npy", "w+", np.uint8, (count, res, res, 3))
+        for begin in range(0, count, chunk):
+            level[begin:begin + chunk] = halve(np.asarray(source[begin:begin + chunk]))
+        level.flush()
+        source = level
+    top.flush()
+
+
+def prepare_cache(data: Optional[str], resolution: int, cache_dir: Optional[str] = None,
+                  log: Callable[[str], None] = print, build: bool = True) -> Path:
+    """Build the cache for (data, resolution) if it is missing or stale; return its folder.
+
+    build=False waits for another process (rank 0) to build it: polling the file system instead of a collective,
+    so a long first preparation cannot time out the process group.
+    """
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    if data is None:
+        key, paths = f"digits-v{CACHE_FORMAT}-{resolution}", None
+    else:
+        paths = find_images(data)
+        key = folder_fingerprint(data, paths, resolution)
+    folder = root / key
+    while not build and not (folder / "meta.json").is_file():
+        time.sleep(2.0)
+    if (folder / "meta.json").is_file():
+        return folder
+    temporary = root / f"{key}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    if paths is None:
+        log(f"Preparing the built-in {BUILTIN_NAME} at {resolution}x{resolution} in {folder}")
+        images = digits_images(resolution)
+        count = len(images)
+
+        def fill_top(top):
+            top[:] = images
+    else:
+        count = len(paths)
+        log(f"Preparing {count} images from {data} at {resolution}x{resolution} (once) in {folder}")
+
+        def fill_top(top):
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                for index, image in enumerate(pool.map(lambda p: load_square_rgb(p, resolution), paths)):
+                    top[index] = image
+    _write_levels(temporary, count, resolution, fill_top)
+    meta = {"format": CACHE_FORMAT, "source": data or BUILTIN_NAME, "count": count, "resolution": resolution}
+    (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        os.replace(temporary, folder)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(temporary, ignore_errors=True)
+    return folder
+
+
+class RealImages:
+    """Batches of reals as float [-1, 1] tensors [N, 3, res, res] on the device, from the cache."""
+
+    def __init__(self, folder: Path, seed: int, mirror: bool, device: torch.device, channels_last: bool,
+                 rank: int = 0, world_size: int = 1):
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+        self.count, self.resolution = meta["count"], meta["resolution"]
+        self.levels: Dict[int, np.ndarray] = {}
+        res = self.resolution
+        while res >= 4:
+            self.levels[res] = np.load(Path(folder) / f"{res}.npy", mmap_mode="r")
+            res //= 2
+        self.seed, self.mirror, self.device, self.channels_last = seed, mirror, device, channels_last
+        self.rank, self.world_size = rank, world_size
+        self._epoch, self._order, self._flips = -1, None, None
+
+    def _epoch_order(self, epoch: int):
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch, self._order, self._flips = epoch, rng.permutation(self.count), rng.random(self.count) < 0.5
+        return self._order, self._flips
+
+    def indices(self, position: int, count: int):
+        """Dataset indices and flip flags of stream positions [position, position + count)."""
+        epochs, slots = np.divmod(np.arange(position, position + count), self.count)
+        index, flip = np.empty(count, np.int64), np.zeros(count, bool)
+        for epoch in np.unique(epochs):
+            order, flips = self._epoch_order(int(epoch))
+            here = epochs == epoch
+            index[here], flip[here] = order[slots[here]], flips[slots[here]]
+        return index, flip & self.mirror
+
+    def batch(self, position: int, global_batch: int, resolution: int) -> torch.Tensor:
+        """This process's share of the global batch that starts at stream position `position`."""
+        share = global_batch // self.world_size
+        index, flip = self.indices(position + self.rank * share, share)
+        return self.to_device(self.read(index, flip, resolution))
+
+    def read(self, index: np.ndarray, flip: np.ndarray, resolution: int) -> np.ndarray:
+        images = self.levels[resolution][index]
+        images[flip] = images[flip, :, ::-1]
+        return images
+
+    def to_device(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> float [-1, 1] [N, 3, H, W]; the NHWC source is already channels_last."""
+        host = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().mul_(1 / 127.5).sub_(1.0)
+        return x if self.channels_last else x.contiguous()

@@ -1,0 +1,107 @@
+"""What a run shows and writes: tqdm progress, a JSONL log, TensorBoard scalars and images, PNG grids."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..metrics.swd import to_uint8
+
+
+def image_grid(images: torch.Tensor, cols: int, scale: int = 1) -> np.ndarray:
+    """Images in [-1, 1] [N, C, H, W] -> one uint8 HWC grid, `cols` wide, each image enlarged `scale` times."""
+    pixels = to_uint8(images).cpu()
+    if scale > 1:
+        pixels = pixels.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    n, c, h, w = pixels.shape
+    rows = math.ceil(n / cols)
+    grid = torch.zeros(rows * cols, c, h, w, dtype=torch.uint8)
+    grid[:n] = pixels
+    grid = grid.reshape(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
+    return grid.numpy()
+
+
+def save_png(grid: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(grid).save(path)
+
+
+class Reporter:
+    """Rank 0 reports; on other processes every method does nothing."""
+
+    def __init__(self, run_dir: Optional[Path], total_images: int, initial_images: int, progress: bool,
+                 tensorboard: bool):
+        self.enabled = run_dir is not None
+        self.bar = self.writer = self.log_file = None
+        if not self.enabled:
+            return
+        self.log_file = open(Path(run_dir) / "log.jsonl", "a", encoding="utf-8")
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_images, initial=initial_images, unit="img", unit_scale=True,
+                            dynamic_ncols=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except ImportError:
+                self.message("TensorBoard logging is off: the tensorboard package is not installed "
+                             "(pip install tensorboard, or pass --tensorboard off to silence this)")
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def advance(self, images: int) -> None:
+        if self.bar is not None:
+            self.bar.update(images)
+
+    def record(self, values: dict) -> None:
+        """One line of the JSONL log, the progress bar's numbers and the TensorBoard scalars."""
+        if not self.enabled:
+            return
+        self.log_file.write(json.dumps(values) + "\n")
+        self.log_file.flush()
+        shown = {"res": values["resolution"], "alpha": f"{values['alpha']:.3f}", "kimg": f"{values['kimg']:.1f}",
+                 "img/s": f"{values['img_per_sec']:.0f}", "D": f"{values['d_loss']:.3f}",
+                 "G": f"{values['g_loss']:.3f}"}
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=True)
+        else:
+            print(" ".join(f"{key} {value}" for key, value in shown.items()), flush=True)
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key != "kimg":
+                    self.writer.add_scalar(f"train/{key}", value, values["images_shown"])
+
+    def event(self, values: dict) -> None:
+        """A JSONL line for something other than a tick (e.g. an SWD result)."""
+        if self.enabled:
+            self.log_file.write(json.dumps(values) + "\n")
+            self.log_file.flush()
+
+    def scalars(self, prefix: str, values: dict, images_shown: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, images_shown)
+
+    def image(self, tag: str, grid: np.ndarray, images_shown: int) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, grid, images_shown, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.log_file is not None:
+            self.log_file.close()
