@@ -1,5 +1,19 @@
-"""progan_fast: the Triton kernels in ./kernels install as progan_fast.kernels (no top-level `kernels` module)."""
+"""progan_fast: the Triton kernels in ./kernels install as progan_fast.kernels and the CUDA sources in ./csrc as
+progan_fast.csrc (no top-level `kernels` or `csrc` module).
+
+PROGAN_FAST_BUILD_CUDA=1 also builds the cuda backend's extension into its cache at install time (torch must be
+importable: `pip install --no-build-isolation .`); without it the extension is built on first use.
+"""
+import os
+import sys
+
 from setuptools import find_packages, setup
+
+if os.environ.get("PROGAN_FAST_BUILD_CUDA") == "1":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from progan_fast.cuda_extension import build_or_load, cache_root
+
+    build_or_load(cache_root())
 
 setup(
     name="progan-fast",
@@ -9,8 +23,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["progan_fast", "progan_fast.*"]) + ["progan_fast.kernels"],
-    package_dir={"progan_fast.kernels": "kernels"},
+    packages=find_packages(include=["progan_fast", "progan_fast.*"]) + ["progan_fast.kernels", "progan_fast.csrc"],
+    package_dir={"progan_fast.kernels": "kernels", "progan_fast.csrc": "csrc"},
+    # The CUDA sources ship with the package: the cuda backend compiles them on first use.
+    package_data={"progan_fast.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp", "README.md"]},
     # No upper bound and no CUDA pin: an installed torch (CPU or CUDA build) that satisfies this is kept.
     install_requires=[
         "torch>=2.4",

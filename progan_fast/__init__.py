@@ -21,10 +21,12 @@ def _map_source_kernels() -> None:
 _map_source_kernels()
 
 from . import functional, reference  # noqa: E402
+from .cuda_extension import CudaExtensionError, cuda_extension  # noqa: E402
 from .backend import BackendUnavailableError, get_backend, set_backend, use_backend  # noqa: E402
 from .layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm  # noqa: E402
 from .models import Discriminator, Generator  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["EqualizedConv2d", "EqualizedLinear", "PixelNorm", "MinibatchStdDev", "Generator", "Discriminator",
-           "functional", "reference", "set_backend", "get_backend", "use_backend", "BackendUnavailableError"]
+           "functional", "reference", "set_backend", "get_backend", "use_backend", "BackendUnavailableError",
+           "cuda_extension", "CudaExtensionError"]

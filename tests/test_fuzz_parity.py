@@ -140,37 +140,46 @@ def make_input(shape: tuple, layout: str, dtype: torch.dtype, generator: torch.G
     return x
 
 
-def run(case: Case, backend: str, dtype: torch.dtype):
-    """Forward output, first-order input grads, and for D ops grads of a function of the input gradient."""
+def run(case: Case, backend: str, dtype: torch.dtype, truth: bool = False):
+    """Forward output, first-order input grads, and for D ops grads of a function of the input gradient.
+    truth=True runs the same rounded inputs in float64 (on the torch backend)."""
     generator = torch.Generator().manual_seed(case.seed)
-    tensors = [make_input(shape, case.layout if i == 0 else "contiguous", dtype, generator).requires_grad_()
+    compute = torch.float64 if truth else dtype
+
+    def draw_like(shape, layout="contiguous"):
+        return make_input(shape, layout, dtype, generator).to(compute)
+
+    tensors = [draw_like(shape, case.layout if i == 0 else "contiguous").requires_grad_()
                for i, shape in enumerate(case.shapes)]
     with progan_fast.use_backend(backend):
         out = CALLS[case.op](tensors, case.kwargs)
-        cotangent = torch.randn(out.shape, generator=generator).to(DEVICE, dtype)
-        grads = torch.autograd.grad(out, tensors, cotangent, create_graph=case.second_order)
+        grads = torch.autograd.grad(out, tensors, draw_like(out.shape), create_graph=case.second_order)
         results = [out] + list(grads)
         if case.second_order:
-            weight = torch.randn(grads[0].shape, generator=generator).to(DEVICE, dtype)
+            weight = draw_like(grads[0].shape)
             if grads[0].requires_grad:
                 results += torch.autograd.grad((grads[0] * weight).sum(), tensors, allow_unused=True,
                                                materialize_grads=True)
             else:  # the input gradient does not depend on any input (a linear op): second order is zero
                 results += [torch.zeros_like(t) for t in tensors]
-    return [r.detach().float() for r in results]
+    return [r.detach().double() for r in results]
 
 
 def check(case: Case, backend: str, dtype: torch.dtype) -> None:
+    """The backend's error against a float64 truth may not exceed the tolerance, or 3x the error of the torch
+    reference in the same dtype where the formula itself is ill-conditioned (e.g. 1 - alpha near alpha = 1)."""
     if backend not in OPS[case.op].impls:
         pytest.skip(f"{case.op} has no {backend} implementation (it runs the torch reference there)")
-    expected, actual = run(case, "torch", dtype), run(case, backend, dtype)
+    truth, reference = run(case, "torch", dtype, truth=True), run(case, "torch", dtype)
+    actual = run(case, backend, dtype)
     labels = ["output"] + [f"grad[{i}]" for i in range(len(case.shapes))] + \
              [f"second-order grad[{i}]" for i in range(len(case.shapes))]
-    for label, a, e in zip(labels, actual, expected):
-        scale = max(e.abs().max().item(), 1e-6)
-        error = (a - e).abs().max().item() / scale
-        assert error <= TOLERANCE[dtype], (f"{label}: relative error {error:.2e} > {TOLERANCE[dtype]:.0e} on "
-                                           f"{backend}/{dtype}; case: {case}")
+    for label, t, r, a in zip(labels, truth, reference, actual):
+        scale = max(t.abs().max().item(), 1e-6)
+        error, reference_error = (a - t).abs().max().item() / scale, (r - t).abs().max().item() / scale
+        bound = max(TOLERANCE[dtype], 3 * reference_error)
+        assert error <= bound, (f"{label}: relative error {error:.2e} > {bound:.1e} (torch reference: "
+                                f"{reference_error:.1e}) on {backend}/{dtype}; case: {case}")
 
 
 OP_NAMES = list(CALLS)

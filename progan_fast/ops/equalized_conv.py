@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..backend import Op
 from ._checks import check_activation, check_floating, check_rank
-from .bias_act import bias_act_reference
+from .bias_act import bias_act_cuda, bias_act_reference
 from .fade import upsample2x
 from .pixel_norm import pixel_norm_reference
 
@@ -219,6 +219,21 @@ def equalized_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 
 
 _op.register("triton", equalized_conv2d_triton)
+
+
+def equalized_conv2d_cuda(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
+                          padding: int, activation: Optional[str], negative_slope: float, pixel_norm: bool,
+                          upsample: bool, eps: float) -> torch.Tensor:
+    """cuda backend: the convolution stays on cuDNN (its double backward is convolutions); bias + LeakyReLU run
+    in the fused CUDA kernels with their first- and second-order backward."""
+    if upsample:
+        x = upsample2x(x)
+    y = F.conv2d(x, (weight * equalized_scale(weight, gain)).to(x.dtype), padding=padding)
+    y = bias_act_cuda(y, bias, activation, negative_slope)
+    return pixel_norm_reference(y, eps) if pixel_norm else y
+
+
+_op.register("cuda", equalized_conv2d_cuda)
 
 
 def equalized_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..backend import Op
 from ._checks import check_activation, check_floating
-from .bias_act import bias_act_reference
+from .bias_act import bias_act_cuda, bias_act_reference, bias_act_triton
 from .equalized_conv import equalized_scale
 
 
@@ -37,3 +37,16 @@ def equalized_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"equalized_linear: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     return _op(x, weight, bias, gain, activation, negative_slope)
+
+
+def _matmul_then(bias_act_impl):
+    """An accelerated path: the matmul stays on cuBLAS (scaled weight), bias + activation run in bias_act_impl."""
+    def equalized_linear_accelerated(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
+                                     activation: Optional[str], negative_slope: float) -> torch.Tensor:
+        y = F.linear(x, (weight * equalized_scale(weight, gain)).to(x.dtype))
+        return bias_act_impl(y, bias, activation, negative_slope, dim=-1)
+    return equalized_linear_accelerated
+
+
+_op.register("triton", _matmul_then(bias_act_triton))
+_op.register("cuda", _matmul_then(bias_act_cuda))

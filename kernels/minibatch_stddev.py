@@ -1,0 +1,154 @@
+"""Triton kernels of minibatch_stddev: out [N, C+1, H, W] = [x, per-group mean stddev], and its input gradient.
+
+Groups: sample i belongs to group m = i % M (M = N / G), as in the official [G, M, C, H, W] reshape; the
+whole-batch variant is G = N, M = 1 with the unbiased variance (divisor G - 1 instead of G).
+
+Forward: a program owns one group m and a chunk of the C*H*W positions; its [G, BLOCK] tile holds every
+sample of the group at those positions, so x is read once. It copies the tile into out[:, :C] (no separate
+torch.cat) and writes the sum over the chunk of sqrt(var + eps) (fp32) to a partial buffer; a second kernel
+sums the partials of each group and fills the stddev channel. Backward, with t_m the gradient summed over
+the stddev channel of group m: dx = grad[:, :C] + t_m / (C*H*W) * (x - mean) / (divisor * std), where x is
+read from the saved output (out[:, :C]), so the input itself is not kept.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_inputs, empty_4d, is_channels_last, nchw_index, tile_shape
+
+
+@triton.jit
+def _group_tile(m, chunk, G, M, C, H, W, CHW, CHANNELS_LAST: tl.constexpr, BLOCK_G: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """Samples of group m, the (c, h, w) of the chunk's positions, and the tile mask."""
+    offs = chunk * BLOCK + tl.arange(0, BLOCK)
+    in_chunk = offs < CHW
+    _, c, h, w = nchw_index(offs, C, H, W, CHANNELS_LAST)
+    ranks = tl.arange(0, BLOCK_G)
+    samples = (ranks * M + m).to(tl.int64)
+    mask = (ranks < G)[:, None] & in_chunk[None, :]
+    return samples, c, h, w, in_chunk, mask
+
+
+@triton.jit
+def _tile_offsets(samples, c, h, w, sn, sc, sh, sw):
+    return samples[:, None] * sn + (c * sc + h * sh + w * sw)[None, :]
+
+
+@triton.jit
+def _group_stats(v, mask, G, divisor, eps):
+    """(x - mean, std) over the samples (rows) of a fp32 tile."""
+    mean = tl.sum(v, axis=0) / G
+    centered = tl.where(mask, v - mean[None, :], 0.0)
+    std = tl.sqrt(tl.sum(centered * centered, axis=0) / divisor + eps)
+    return centered, std
+
+
+@triton.jit
+def _mbstd_fwd_kernel(x_ptr, out_ptr, partial_ptr, G, M, C, H, W, CHW, num_chunks,
+                      sxn, sxc, sxh, sxw, son, soc, soh, sow, divisor, eps,
+                      CHANNELS_LAST: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK: tl.constexpr):
+    m = tl.program_id(0)
+    chunk = tl.program_id(1)
+    samples, c, h, w, in_chunk, mask = _group_tile(m, chunk, G, M, C, H, W, CHW, CHANNELS_LAST, BLOCK_G, BLOCK)
+    v = tl.load(x_ptr + _tile_offsets(samples, c, h, w, sxn, sxc, sxh, sxw), mask=mask, other=0.0)
+    tl.store(out_ptr + _tile_offsets(samples, c, h, w, son, soc, soh, sow), v, mask=mask)
+    _, std = _group_stats(v.to(tl.float32), mask, G, divisor, eps)
+    tl.store(partial_ptr + m * num_chunks + chunk, tl.sum(tl.where(in_chunk, std, 0.0), axis=0))
+
+
+@triton.jit
+def _mbstd_fill_kernel(partial_ptr, out_ptr, M, C, HW, W, num_chunks, son, soc, soh, sow, inv_chw,
+                       BLOCK_CHUNKS: tl.constexpr, BLOCK: tl.constexpr):
+    sample = tl.program_id(0)
+    chunks = tl.arange(0, BLOCK_CHUNKS)
+    partials = tl.load(partial_ptr + (sample % M) * num_chunks + chunks, mask=chunks < num_chunks, other=0.0)
+    feature = tl.zeros((BLOCK,), dtype=tl.float32) + tl.sum(partials, axis=0) * inv_chw
+    channel = out_ptr + sample.to(tl.int64) * son + C * soc
+    for p0 in range(0, HW, BLOCK):
+        p = p0 + tl.arange(0, BLOCK)
+        tl.store(channel + (p // W) * soh + (p % W) * sow, feature.to(out_ptr.dtype.element_ty), mask=p < HW)
+
+
+@triton.jit
+def _mbstd_feature_grad_kernel(g_ptr, t_ptr, G, M, C, HW, W, sgn, sgc, sgh, sgw,
+                               BLOCK_G: tl.constexpr, BLOCK: tl.constexpr):
+    """t[m] = the gradient summed over the stddev channel of the samples of group m."""
+    m = tl.program_id(0)
+    ranks = tl.arange(0, BLOCK_G)
+    samples = (ranks * M + m).to(tl.int64)
+    acc = tl.zeros((BLOCK_G, BLOCK), dtype=tl.float32)
+    for p0 in range(0, HW, BLOCK):
+        p = p0 + tl.arange(0, BLOCK)
+        mask = (ranks < G)[:, None] & (p < HW)[None, :]
+        offsets = samples[:, None] * sgn + C * sgc + ((p // W) * sgh + (p % W) * sgw)[None, :]
+        acc += tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    tl.store(t_ptr + m, tl.sum(tl.sum(acc, axis=1), axis=0))
+
+
+@triton.jit
+def _mbstd_bwd_kernel(g_ptr, out_ptr, t_ptr, dx_ptr, G, M, C, H, W, CHW,
+                      sgn, sgc, sgh, sgw, son, soc, soh, sow, sdn, sdc, sdh, sdw, divisor, eps, inv_chw,
+                      CHANNELS_LAST: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK: tl.constexpr):
+    m = tl.program_id(0)
+    chunk = tl.program_id(1)
+    samples, c, h, w, _, mask = _group_tile(m, chunk, G, M, C, H, W, CHW, CHANNELS_LAST, BLOCK_G, BLOCK)
+    x = tl.load(out_ptr + _tile_offsets(samples, c, h, w, son, soc, soh, sow), mask=mask, other=0.0)
+    centered, std = _group_stats(x.to(tl.float32), mask, G, divisor, eps)
+    g = tl.load(g_ptr + _tile_offsets(samples, c, h, w, sgn, sgc, sgh, sgw), mask=mask, other=0.0)
+    coefficient = tl.load(t_ptr + m) * inv_chw / divisor
+    dx = g.to(tl.float32) + coefficient * centered / std[None, :]
+    tl.store(dx_ptr + _tile_offsets(samples, c, h, w, sdn, sdc, sdh, sdw), dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def output_like(x: torch.Tensor) -> torch.Tensor:
+    """The [N, C+1, H, W] output in x's memory format; shared with the fake implementation."""
+    n, c, h, w = x.shape
+    return empty_4d((n, c + 1, h, w), x)
+
+
+def _launch_shape(group_size: int, chw: int):
+    block_g, block = tile_shape(group_size)
+    block = min(block, triton.next_power_of_2(chw))
+    return block_g, block, triton.cdiv(chw, block)
+
+
+def _divisor(group_size: int, unbiased: bool) -> float:
+    return float(group_size - 1 if unbiased else group_size)
+
+
+def minibatch_stddev_forward(x: torch.Tensor, group_size: int, unbiased: bool, eps: float) -> torch.Tensor:
+    check_inputs("minibatch_stddev", x)
+    n, c, h, w = x.shape
+    out = output_like(x)
+    groups, chw = n // group_size, c * h * w
+    block_g, block, num_chunks = _launch_shape(group_size, chw)
+    partial = torch.empty((groups, num_chunks), dtype=torch.float32, device=x.device)
+    layout = dict(CHANNELS_LAST=is_channels_last(out))
+    _mbstd_fwd_kernel[(groups, num_chunks)](x, out, partial, group_size, groups, c, h, w, chw, num_chunks,
+                                            *x.stride(), *out.stride(), _divisor(group_size, unbiased), eps,
+                                            BLOCK_G=block_g, BLOCK=block, **layout)
+    fill_block = min(1024, triton.next_power_of_2(h * w))
+    _mbstd_fill_kernel[(n,)](partial, out, groups, c, h * w, w, num_chunks, *out.stride(), 1.0 / chw,
+                             BLOCK_CHUNKS=triton.next_power_of_2(num_chunks), BLOCK=fill_block)
+    return out
+
+
+def minibatch_stddev_backward(grad: torch.Tensor, out: torch.Tensor, group_size: int, unbiased: bool,
+                              eps: float) -> torch.Tensor:
+    check_inputs("minibatch_stddev backward", grad, out)
+    n, c_out, h, w = out.shape
+    c = c_out - 1
+    groups, chw = n // group_size, c * h * w
+    block_g, block, num_chunks = _launch_shape(group_size, chw)
+    feature_grad = torch.empty(groups, dtype=torch.float32, device=out.device)
+    _mbstd_feature_grad_kernel[(groups,)](grad, feature_grad, group_size, groups, c, h * w, w, *grad.stride(),
+                                          BLOCK_G=block_g, BLOCK=min(block, triton.next_power_of_2(h * w)))
+    dx = empty_4d((n, c, h, w), out)
+    _mbstd_bwd_kernel[(groups, num_chunks)](grad, out, feature_grad, dx, group_size, groups, c, h, w, chw,
+                                            *grad.stride(), *out.stride(), *dx.stride(),
+                                            _divisor(group_size, unbiased), eps, 1.0 / chw,
+                                            CHANNELS_LAST=is_channels_last(dx), BLOCK_G=block_g, BLOCK=block)
+    return dx
