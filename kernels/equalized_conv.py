@@ -185,7 +185,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     swh, sww, swi, swo = w_taps.stride()
     k = weight.shape[2]
     _conv_fwd_kernel[grid](
-        x, w_taps, bias if bias is not None else y, y, r if pixel_norm else y,  # y: unread placeholder pointer
+        x, w_taps, bias.contiguous() if bias is not None else y, y, r if pixel_norm else y,  # y: unread placeholder
         x.shape[1], x.shape[2], x.shape[3], c_out, h_out, w_out, h_grid, w_grid, num_rows, padding,
         *x.stride(), swo, swi, swh, sww, *y.stride(),
         scale, negative_slope, eps,

@@ -27,6 +27,16 @@ def check_floating(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}; convert it with .float()")
 
 
+def check_same_device(name: str, *tensors: Optional[torch.Tensor]) -> None:
+    """All tensor arguments on one device (None entries, an absent bias, are skipped): a mix would otherwise
+    fail deep inside torch, or on the meta device silently return an uninitialised result."""
+    present = [t for t in tensors if t is not None]
+    for t in present[1:]:
+        if t.device != present[0].device:
+            raise ValueError(f"{name}: all tensors must be on the same device, got {present[0].device} and {t.device}; "
+                             "move them with .to(device)")
+
+
 def check_alpha(alpha: Alpha) -> Alpha:
     """alpha is a float in [0, 1] or a 0-dim tensor (not range-checked: that would read it back to the host)."""
     if isinstance(alpha, torch.Tensor):

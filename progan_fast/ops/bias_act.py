@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import check_activation
+from ._checks import check_activation, check_floating, check_same_device
 
 
 def bias_act_reference(x: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str] = None,
@@ -32,6 +32,11 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, activation: O
              negative_slope: float = 0.2, dim: int = 1) -> torch.Tensor:
     """``activation(x + bias)`` with the bias broadcast along ``dim``; activation None/'linear' or 'lrelu'."""
     activation = check_activation(activation)
+    check_floating("bias_act", x)
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"bias_act: dim {dim} is out of range for x of shape {tuple(x.shape)}; the bias runs "
+                         f"along dim (1 for [N, C, ...], -1 for [..., features])")
+    check_same_device("bias_act", x, bias)
     if bias is not None and (bias.dim() != 1 or bias.numel() != x.shape[dim]):
         raise ValueError(f"bias_act: bias must have shape [{x.shape[dim]}] (size of dim {dim} of x), "
                          f"got {tuple(bias.shape)}")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import check_activation, check_floating, check_rank
+from ._checks import check_activation, check_floating, check_rank, check_same_device
 from .bias_act import bias_act_cuda, bias_act_reference
 from .fade import upsample2x
 from .pixel_norm import pixel_norm_reference
@@ -196,11 +196,6 @@ def equalized_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     if x.dtype not in KERNEL_DTYPES or (upsample and (k % 2 == 0 or padding != k // 2)):
         return equalized_conv2d_reference(x, weight, bias, gain, padding, activation, negative_slope, pixel_norm,
                                           upsample, eps)
-    check_floating("equalized_conv2d weight", weight)
-    for name, tensor in (("weight", weight), ("bias", bias)):
-        if tensor is not None and tensor.device != x.device:
-            raise ValueError(f"equalized_conv2d: {name} is on {tensor.device} but the input is on {x.device}; "
-                             f"move both to the same device")
     if padding < 0:
         raise ValueError(f"equalized_conv2d: padding must be >= 0, got {padding}")
     if activation == "lrelu" and negative_slope < 0:
@@ -248,6 +243,8 @@ def equalized_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     check_rank("equalized_conv2d", x, 4, "[N, C, H, W]")
     check_rank("equalized_conv2d weight", weight, 4, "[out_channels, in_channels, k, k]")
     check_floating("equalized_conv2d", x)
+    check_floating("equalized_conv2d weight", weight)
+    check_same_device("equalized_conv2d", x, weight, bias)
     activation = check_activation(activation)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"equalized_conv2d: input has {x.shape[1]} channels but the weight expects {weight.shape[1]} "

@@ -1,7 +1,7 @@
 """equalized_linear: dense layer with weight * gain / sqrt(in_features), unscaled bias, optional LeakyReLU.
 
 Acts on the last dimension, like nn.Linear. Reference: `equalized_linear_reference`.
-Layer: `progan_fast.EqualizedLinear`.
+Layer: `progan_fast.EqualizedLinear`. The accelerated backends run the reference for fp64 inputs (gradient checks).
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import check_activation, check_floating
+from ._checks import check_activation, check_floating, check_same_device
 from .bias_act import bias_act_cuda, bias_act_reference, bias_act_triton
-from .equalized_conv import equalized_scale
+from .equalized_conv import KERNEL_DTYPES, equalized_scale
 
 
 def equalized_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
@@ -30,6 +30,8 @@ def equalized_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                      negative_slope: float = 0.2) -> torch.Tensor:
     """x: [..., in_features]; weight: [out_features, in_features] stored as N(0, 1); bias: [out_features]."""
     check_floating("equalized_linear", x)
+    check_floating("equalized_linear weight", weight)
+    check_same_device("equalized_linear", x, weight, bias)
     activation = check_activation(activation)
     if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"equalized_linear: input of shape {tuple(x.shape)} does not match weight of shape "
@@ -43,6 +45,8 @@ def _matmul_then(bias_act_impl):
     """An accelerated path: the matmul stays on cuBLAS (scaled weight), bias + activation run in bias_act_impl."""
     def equalized_linear_accelerated(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
                                      activation: Optional[str], negative_slope: float) -> torch.Tensor:
+        if x.dtype not in KERNEL_DTYPES:  # fp64 (gradient checks): the reference, as equalized_conv2d does
+            return equalized_linear_reference(x, weight, bias, gain, activation, negative_slope)
         y = F.linear(x, (weight * equalized_scale(weight, gain)).to(x.dtype))
         return bias_act_impl(y, bias, activation, negative_slope, dim=-1)
     return equalized_linear_accelerated

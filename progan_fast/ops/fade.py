@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import Alpha, check_alpha, check_rank
+from ._checks import Alpha, check_alpha, check_floating, check_rank, check_same_device
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
@@ -52,6 +52,9 @@ def fade(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     """old + (new - old) * alpha for two tensors of the same shape."""
     if new.shape != old.shape:
         raise ValueError(f"fade: new and old must have the same shape, got {tuple(new.shape)} and {tuple(old.shape)}")
+    check_floating("fade", new)
+    check_floating("fade", old)
+    check_same_device("fade", new, old)
     return _fade(new, old, check_alpha(alpha))
 
 
@@ -59,6 +62,9 @@ def fade_upsample(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.
     """alpha * high + (1 - alpha) * upsample2x_nearest(low); low is half the size of high."""
     check_rank("fade_upsample", high, 4, "[N, C, H, W]")
     check_rank("fade_upsample", low, 4, "[N, C, H/2, W/2]")
+    check_floating("fade_upsample", high)
+    check_floating("fade_upsample", low)
+    check_same_device("fade_upsample", high, low)
     n, c, h, w = high.shape
     if tuple(low.shape) != (n, c, h // 2, w // 2) or h % 2 or w % 2:
         raise ValueError(f"fade_upsample: low must have shape {(n, c, h // 2, w // 2)} for high of shape "
@@ -69,6 +75,7 @@ def fade_upsample(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.
 def fade_downsample(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     """alpha * x + (1 - alpha) * upsample2x(avgpool2x2(x)) for [N, C, H, W] with even H and W."""
     check_rank("fade_downsample", x, 4, "[N, C, H, W]")
+    check_floating("fade_downsample", x)
     if x.shape[2] % 2 or x.shape[3] % 2:
         raise ValueError(f"fade_downsample needs even H and W, got shape {tuple(x.shape)}")
     return _fade_downsample(x, check_alpha(alpha))

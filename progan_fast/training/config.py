@@ -104,6 +104,20 @@ def parse_minibatch(text: str) -> Dict[int, int]:
     return sizes
 
 
+def check_resolution(res: int) -> int:
+    if res < 4 or res > 1024 or res & (res - 1):
+        raise ValueError(f"--resolution must be a power of two from 4 to 1024 (4, 8, 16, ..., 1024), got {res}")
+    return res
+
+
+def parse_resolution(text: str) -> int:
+    try:
+        return check_resolution(int(text))
+    except ValueError as error:
+        message = str(error) if text.strip().lstrip("-").isdigit() else f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(message.replace("--resolution ", "")) from None
+
+
 def parse_grid(text: str):
     try:
         cols, rows = (int(part) for part in text.lower().split("x"))
@@ -133,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="FOLDER", help="folder of images (png/jpg/webp, searched recursively); "
                       "without it: the 8x8 handwritten digits bundled with scikit-learn, upscaled (no download)")
-    data.add_argument("--resolution", type=int, help=f"final resolution, a power of two from 4 to 1024 "
+    data.add_argument("--resolution", type=parse_resolution, help=f"final resolution, a power of two from 4 to 1024 "
                       f"(default {FOLDER_RESOLUTION} with --data, {BUILTIN_RESOLUTION} for the built-in digits)")
     data.add_argument("--mirror", type=_on_off, metavar="on|off", help="random horizontal flips of the reals (off)")
     data.add_argument("--cache-dir", metavar="DIR", help="where the prepared uint8 arrays per resolution are kept "
@@ -227,9 +241,7 @@ def merge_for_resume(saved: TrainConfig, args: argparse.Namespace) -> TrainConfi
 
 
 def check(config: TrainConfig) -> None:
-    res = config.resolution
-    if res < 4 or res > 1024 or res & (res - 1):
-        raise ValueError(f"--resolution must be a power of two from 4 to 1024, got {res}")
+    check_resolution(config.resolution)
     for name in ("stable_kimg", "fade_kimg", "tick_kimg", "lr", "adam_eps"):
         if getattr(config, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
@@ -240,8 +252,10 @@ def check(config: TrainConfig) -> None:
     for res, size in config.minibatch.items():
         group = min(config.mbstd_group_size, size)
         if res <= config.resolution and config.mbstd_group_size > 1 and size % group:
-            raise ValueError(f"minibatch {size} at {res}x{res} is not a multiple of the minibatch-stddev group "
-                             f"size {group}; change --minibatch or --mbstd-group-size")
+            larger = size + group - size % group
+            raise ValueError(f"minibatch {size} (per process) at {res}x{res} is not a multiple of the "
+                             f"minibatch-stddev group size {group}; give --minibatch {res}:{larger} "
+                             f"(or another multiple of {group}), or change --mbstd-group-size")
     if config.amp not in AMP_MODES:
         raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
     if config.snapshot_ticks < 1 or config.keep_checkpoints < 1:

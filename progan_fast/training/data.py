@@ -5,6 +5,12 @@ Lanczos, and every lower resolution is the 2x2 box average of the next one (as t
 The cache key hashes the image paths, sizes and modification times, so a changed folder is prepared again.
 Without a folder, the handwritten digits bundled with scikit-learn are used (installed files, no download).
 
+Bad inputs: files that cannot be decoded (corrupt, truncated, empty, not an image) are skipped and counted, and
+the preparation fails when more than MAX_BAD_FRACTION of the files are bad. Images smaller than the resolution
+are upscaled with a warning. Every mode becomes RGB uint8: grayscale is replicated, alpha (RGBA, LA, palette
+or grayscale with transparency) is composited on black, 16-bit and 32-bit integer images are read as 16-bit
+(0..65535) and scaled to 0..255. The image folder is only read, never changed.
+
 The order of the reals is a pure function of (seed, images shown): a fresh permutation per epoch, the global
 batch is a window of that stream and each process takes its own slice of it. So a resumed run sees the same
 images, and N processes see exactly the images one process with N times the batch would see.
@@ -18,7 +24,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +32,9 @@ import torch
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CACHE_FORMAT = 1
 BUILTIN_NAME = "scikit-learn digits"
+MAX_BAD_FRACTION = 0.1  # more unreadable files than this and the folder is probably not what was meant
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+EXAMPLES = 3  # file names quoted in a warning or an error
 
 
 def default_cache_dir() -> Path:
@@ -52,15 +61,58 @@ def folder_fingerprint(root: str, paths: Sequence[Path], resolution: int) -> str
     return digest.hexdigest()[:20]
 
 
-def load_square_rgb(path: Path, resolution: int) -> np.ndarray:
+def to_rgb(image) -> np.ndarray:
+    """Any PIL image as uint8 [H, W, 3]: alpha composited on black, 16-bit values scaled to 8 bits."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        gray = np.rint(values * (255 / 65535)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint32)
+        return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_square_rgb(path: Path, resolution: int) -> Tuple[np.ndarray, int]:
+    """(the centre square resized to resolution x resolution, the side of that square before resizing)."""
     from PIL import Image
 
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-        return np.asarray(image.resize((resolution, resolution), Image.LANCZOS), dtype=np.uint8)
+        rgb = Image.fromarray(to_rgb(image), "RGB")
+    side = min(rgb.size)
+    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+    square = rgb.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((resolution, resolution), Image.LANCZOS), dtype=np.uint8), side
+
+
+def _load_or_reason(path: Path, resolution: int):
+    """load_square_rgb's result, or (None, why the file could not be read)."""
+    from PIL import Image
+
+    try:
+        return load_square_rgb(path, resolution)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return None, str(error) or type(error).__name__
+
+
+def _examples(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:EXAMPLES])
+    return shown + (f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else "")
+
+
+def report_bad_files(data: str, total: int, bad: Sequence[str], small: Sequence[str], resolution: int,
+                     log: Callable[[str], None]) -> None:
+    """Warn about skipped and upscaled files; raise when too many files are unreadable."""
+    if len(bad) > MAX_BAD_FRACTION * total:
+        raise ValueError(f"{len(bad)} of the {total} image files in --data {data!r} could not be read (more than "
+                         f"{MAX_BAD_FRACTION:.0%}): {_examples(bad)}; repair or remove them, or point --data at "
+                         "another folder")
+    if bad:
+        log(f"warning: skipped {len(bad)} of the {total} image files in {data} that could not be read: "
+            f"{_examples(bad)}")
+    if small:
+        log(f"warning: upscaled {len(small)} images smaller than {resolution}x{resolution} (side of the centre "
+            f"square): {_examples(small)}; they will look blurry: use larger images or a lower --resolution")
 
 
 def digits_images(resolution: int) -> np.ndarray:
@@ -84,10 +136,21 @@ def halve(images: np.ndarray) -> np.ndarray:
     return ((blocks + 2) // 4).astype(np.uint8)
 
 
-def _write_levels(folder: Path, count: int, resolution: int, fill_top: Callable[[np.ndarray], None],
-                  chunk: int = 256) -> None:
-    top = np.lib.format.open_memmap(folder / f"{resolution}.npy", "w+", np.uint8, (count, resolution, resolution, 3))
-    fill_top(top)
+def _write_levels(folder: Path, capacity: int, resolution: int, fill_top: Callable[[np.ndarray], int],
+                  chunk: int = 256) -> int:
+    """fill_top writes up to `capacity` images and returns how many; the lower levels follow. Returns the count."""
+    top_path = folder / f"{resolution}.npy"
+    top = np.lib.format.open_memmap(top_path, "w+", np.uint8, (capacity, resolution, resolution, 3))
+    count = fill_top(top)
+    if count < capacity:  # skipped files left unused rows at the end: keep only the written ones
+        kept_path = folder / "kept.npy"
+        kept = np.lib.format.open_memmap(kept_path, "w+", np.uint8, (count, resolution, resolution, 3))
+        for begin in range(0, count, chunk):
+            end = min(begin + chunk, count)
+            kept[begin:end] = top[begin:end]
+        del top
+        os.replace(kept_path, top_path)
+        top = kept
     res, source = resolution, top
     while res > 4:
         res //= 2
@@ -97,6 +160,7 @@ def _write_levels(folder: Path, count: int, resolution: int, fill_top: Callable[
         level.flush()
         source = level
     top.flush()
+    return count
 
 
 def prepare_cache(data: Optional[str], resolution: int, cache_dir: Optional[str] = None,
@@ -104,7 +168,8 @@ def prepare_cache(data: Optional[str], resolution: int, cache_dir: Optional[str]
     """Build the cache for (data, resolution) if it is missing or stale; return its folder.
 
     build=False waits for another process (rank 0) to build it: polling the file system instead of a collective,
-    so a long first preparation cannot time out the process group.
+    so a long first preparation cannot time out the process group. When that build fails, it leaves its error in
+    KEY.failed, and the waiting processes raise it too instead of waiting forever.
     """
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     if data is None:
@@ -112,31 +177,52 @@ def prepare_cache(data: Optional[str], resolution: int, cache_dir: Optional[str]
     else:
         paths = find_images(data)
         key = folder_fingerprint(data, paths, resolution)
-    folder = root / key
+    folder, failed = root / key, root / f"{key}.failed"
+    waiting_since = time.time()
     while not build and not (folder / "meta.json").is_file():
+        if failed.is_file() and failed.stat().st_mtime >= waiting_since - 1.0:  # this run's build, not an old one
+            raise ValueError(f"preparing the data failed in another process: {failed.read_text()}")
         time.sleep(2.0)
     if (folder / "meta.json").is_file():
         return folder
     temporary = root / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
+    failed.unlink(missing_ok=True)
     if paths is None:
         log(f"Preparing the built-in {BUILTIN_NAME} at {resolution}x{resolution} in {folder}")
         images = digits_images(resolution)
-        count = len(images)
+        capacity = len(images)
 
         def fill_top(top):
             top[:] = images
+            return len(images)
     else:
-        count = len(paths)
-        log(f"Preparing {count} images from {data} at {resolution}x{resolution} (once) in {folder}")
+        capacity = len(paths)
+        log(f"Preparing {capacity} images from {data} at {resolution}x{resolution} (once) in {folder}")
 
         def fill_top(top):
+            written, bad, small = 0, [], []
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                for index, image in enumerate(pool.map(lambda p: load_square_rgb(p, resolution), paths)):
-                    top[index] = image
-    _write_levels(temporary, count, resolution, fill_top)
-    meta = {"format": CACHE_FORMAT, "source": data or BUILTIN_NAME, "count": count, "resolution": resolution}
+                for path, (image, detail) in zip(paths, pool.map(lambda p: _load_or_reason(p, resolution), paths)):
+                    name = str(path.relative_to(data))
+                    if image is None:
+                        bad.append(f"{name} ({detail})")
+                        continue
+                    if detail < resolution:
+                        small.append(f"{name} ({detail}x{detail})")
+                    top[written] = image
+                    written += 1
+            report_bad_files(data, len(paths), bad, small, resolution, log)
+            return written
+    try:
+        count = _write_levels(temporary, capacity, resolution, fill_top)
+    except BaseException as error:  # nothing half-written is left behind
+        shutil.rmtree(temporary, ignore_errors=True)
+        failed.write_text(str(error) or type(error).__name__)
+        raise
+    meta = {"format": CACHE_FORMAT, "source": data or BUILTIN_NAME, "count": count, "skipped": capacity - count,
+            "resolution": resolution}
     (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         os.replace(temporary, folder)
@@ -179,6 +265,10 @@ class RealImages:
 
     def batch(self, position: int, global_batch: int, resolution: int) -> torch.Tensor:
         """This process's share of the global batch that starts at stream position `position`."""
+        if global_batch % self.world_size:
+            raise ValueError(f"global batch {global_batch} at {resolution}x{resolution} does not split evenly over "
+                             f"{self.world_size} processes; use a global batch that is a multiple of "
+                             f"{self.world_size} (--minibatch is per process: global = minibatch x processes)")
         share = global_batch // self.world_size
         index, flip = self.indices(position + self.rank * share, share)
         return self.to_device(self.read(index, flip, resolution))
