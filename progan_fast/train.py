@@ -1,10 +1,16 @@
 """python -m progan_fast.train: train a ProGAN; `--help` lists every option.
 
 Multi-GPU: torchrun --nproc_per_node N -m progan_fast.train ... (one data shard per process, rank 0 writes).
+
+Exit status: 0 when the run is done (end of schedule or --max-steps); 128 + the signal number (130 for SIGINT,
+143 for SIGTERM) after a signal stopped it cleanly with a checkpoint written (continue with --resume); 1 when
+training cannot go on (diverged, out of GPU memory; the message says what to change); 2 for bad options, data
+or checkpoints.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import List, Optional
 
@@ -18,7 +24,7 @@ def config_from_args(argv: Optional[List[str]] = None):
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            checkpoint = ckpt.find_checkpoint(args.resume)
+            checkpoint = ckpt.find_checkpoint(args.resume, warn=lambda text: print(text, file=sys.stderr))
             state, _ = ckpt.load_state(checkpoint)
             return merge_for_resume(TrainConfig.from_json(state["config"]), args), checkpoint
         return resolve(args), None
@@ -28,17 +34,23 @@ def config_from_args(argv: Optional[List[str]] = None):
 
 def main(argv: Optional[List[str]] = None) -> dict:
     config, checkpoint = config_from_args(argv)
-    from .training.loop import Trainer
+    from .training.loop import Trainer, TrainingStopped
 
     try:
         trainer = Trainer(config, checkpoint)
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError, ckpt.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     try:
-        return trainer.run()
+        summary = trainer.run()
+    except TrainingStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     finally:
         trainer.dist.close()
+    if "stopped_by_signal" in summary:
+        sys.exit(128 + signal.Signals[summary["stopped_by_signal"]])
+    return summary
 
 
 if __name__ == "__main__":

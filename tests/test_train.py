@@ -74,7 +74,7 @@ def test_short_run_grows_to_16_with_fades(full_run):
     final = ckpt.list_checkpoints(out)[-1]
     state = json.loads((final / ckpt.STATE_JSON).read_text())
     assert state["step"] == RUN_16_STEPS and state["resolution"] == 16 and state["alpha"] == 1.0
-    assert {p.name for p in final.iterdir()} == set(ckpt.WEIGHT_FILES.values()) | {ckpt.STATE_TENSORS, ckpt.STATE_JSON}
+    assert {p.name for p in final.iterdir()} == set(ckpt.WEIGHT_FILES.values()) | {ckpt.STATE_TENSORS, ckpt.STATE_JSON, ckpt.MANIFEST}
     assert (out / "tensorboard").is_dir() == (importlib.util.find_spec("tensorboard") is not None)
     speeds = summary["img_per_sec_by_resolution"]
     print("CPU img/s by resolution:", {res: round(v) for res, v in speeds.items()})

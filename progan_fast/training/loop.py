@@ -12,12 +12,20 @@ unscaled before its norm.
 All random draws (latents, the mixing factor of the penalty) come from one generator seeded identically on every
 process; each process draws the global batch and keeps its own slice, so a multi-process run equals a
 single-process run of the same global batch, and a resumed run continues exactly where it stopped.
+
+Reliability: SIGINT and SIGTERM finish the current step (with several processes: the current tick), write a
+checkpoint and return; `python -m progan_fast.train` then exits with 128 + the signal number (130, 143), so a
+supervisor or shell sees an unfinished run. MAX_NONFINITE_STREAK consecutive steps with non-finite losses or
+gradients, or running out of GPU memory, stop the run with TrainingStopped and write nothing more: the last
+checkpoint stays the newest. Every file of the run folder is written under a temporary name and renamed.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -39,6 +47,13 @@ from .schedule import Phase, Schedule
 STAT_NAMES = ("d_loss", "g_loss", "gradient_penalty", "d_real", "d_fake")
 SAMPLE_BATCH = 64
 GRID_CELL = 256  # largest cell of a sample grid, in pixels
+# Consecutive steps whose D or G update was skipped as non-finite before the run stops (checked at each tick).
+MAX_NONFINITE_STREAK = 100
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (diverged, out of memory); the message says why and what to do."""
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -80,6 +95,9 @@ class Trainer:
         self.one = torch.ones((), device=device)
         self.stats = torch.zeros(len(STAT_NAMES), device=device)
         self.skipped = torch.zeros((), device=device)
+        self.nonfinite_streak = torch.zeros((), device=device)  # consecutive steps with a skipped update
+        self.last_checkpoint: Optional[Path] = resume
+        self.stop_signal: Optional[int] = None
         self.shown = self.step = self.ticks = self.tick_steps = 0
         self.optimizer_resolution: Optional[int] = None
         self.last_resolution, self.last_alpha = 4, 1.0  # of the latest step
@@ -97,6 +115,8 @@ class Trainer:
                                  config.tensorboard)
         self.reporter.message(f"Run folder: {self.run_dir}  device: {device}  amp: {self.amp}  processes: "
                               f"{self.dist.world_size}  images: {self.data.count}")
+        if self.dist.is_main:
+            self._tidy_run_dir(resume)
         grid_count = config.grid_shape[0] * config.grid_shape[1]
         self.grid_latents = torch.randn(grid_count, self.G.latent_size,
                                         generator=torch.Generator().manual_seed(config.seed + 2)).to(device)
@@ -111,8 +131,21 @@ class Trainer:
             run_dir = new_run_dir(Path("runs"), f"{Path(config.data).name if config.data else 'digits'}-"
                                                 f"{config.resolution}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_json(), indent=1))
+        ckpt.atomic_write(run_dir / "config.json", json.dumps(config.to_json(), indent=1).encode())
         return run_dir
+
+    def _tidy_run_dir(self, resume: Optional[Path]) -> None:
+        """Remove what a killed run left half-written; on resume, set later checkpoints aside."""
+        for name in ckpt.remove_leftovers(self.run_dir):
+            self.reporter.message(f"Removed {name}, left over from an interrupted run")
+        if resume is None:
+            return
+        for old, new in ckpt.set_aside_newer(self.run_dir, self.step):
+            self.reporter.message(f"warning: {old.name} is newer than the resumed checkpoint (damaged, or from "
+                                  f"a later part of the run); moved to {new} so that this run continues cleanly")
+        self.reporter.event({"event": "resume", "checkpoint": str(resume), "step": self.step,
+                             "images_shown": self.shown})
+        self.reporter.message(f"Resumed from {resume} at step {self.step}, {self.shown} images shown")
 
     # ------------------------------------------------------------------------------------------------
     # Pieces of a step.
@@ -138,13 +171,17 @@ class Trainer:
         self.d_opt = torch.optim.Adam(self.D.parameters(), **options)
         self.optimizer_resolution = resolution
 
-    def _apply(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, net: torch.nn.Module) -> None:
+    def _apply(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               net: torch.nn.Module) -> torch.Tensor:
+        """Step the optimizer unless the gradients are non-finite; the device-side count of skipped updates."""
         self.dist.average_gradients(net.parameters())
         scaler.step(optimizer)
         # Device-side 0/1 flags of this step (private but stable GradScaler API); read at the next tick.
-        for found_inf in scaler._found_inf_per_device(optimizer).values():
-            self.skipped += found_inf.to(self.skipped.device)
+        skipped = sum(found_inf.to(self.skipped.device)
+                      for found_inf in scaler._found_inf_per_device(optimizer).values())
+        self.skipped += skipped
         scaler.update()
+        return skipped
 
     def _draw(self, global_batch: int, *shape: int, uniform: bool = False) -> torch.Tensor:
         """This process's slice of a global-batch draw (identical on every process)."""
@@ -166,8 +203,8 @@ class Trainer:
         loss = d_fake.mean() - d_real.mean() + penalty + self.config.drift * d_real.square().mean()
         self.d_opt.zero_grad(set_to_none=True)
         self.d_scaler.scale(loss).backward()
-        self._apply(self.d_opt, self.d_scaler, self.D)
-        return torch.stack([loss, penalty, d_real.mean(), d_fake.mean()]).detach()
+        skipped = self._apply(self.d_opt, self.d_scaler, self.D)
+        return torch.stack([loss, penalty, d_real.mean(), d_fake.mean(), skipped]).detach()
 
     def _g_step(self, z: torch.Tensor, res: int, alpha) -> torch.Tensor:
         self.D.requires_grad_(False)
@@ -176,8 +213,8 @@ class Trainer:
         self.g_opt.zero_grad(set_to_none=True)
         self.g_scaler.scale(loss).backward()
         self.D.requires_grad_(True)
-        self._apply(self.g_opt, self.g_scaler, self.G)
-        return loss.detach()
+        skipped = self._apply(self.g_opt, self.g_scaler, self.G)
+        return torch.stack([loss.detach(), skipped])
 
     def train_step(self, phase: Phase) -> None:
         res = phase.resolution
@@ -191,9 +228,10 @@ class Trainer:
         reals = self.data.batch(self.shown, global_batch, res)
         if phase.fading:
             reals = PF.fade_downsample(reals, alpha)
-        d_loss, penalty, d_real, d_fake = self._d_step(reals, z_d, u, res, alpha)
-        g_loss = self._g_step(z_g, res, alpha)
+        d_loss, penalty, d_real, d_fake, d_skipped = self._d_step(reals, z_d, u, res, alpha)
+        g_loss, g_skipped = self._g_step(z_g, res, alpha)
         torch._foreach_lerp_(self.ema_params, self.g_params, 1.0 - self.config.ema_beta)
+        self.nonfinite_streak.add_(1).mul_((d_skipped + g_skipped).clamp(max=1))
         self.stats += torch.stack([d_loss, g_loss, penalty, d_real, d_fake])
         self.shown += global_batch
         self.step += 1
@@ -203,6 +241,23 @@ class Trainer:
     # The run.
 
     def run(self) -> dict:
+        """Train to the end of the schedule (or --max-steps, or a SIGINT/SIGTERM); the summary of the run.
+        A stop by signal is summarized with "stopped_by_signal" (its name)."""
+        with self._stop_on_signals():
+            try:
+                self._train()
+            finally:
+                self.reporter.close()
+        summary = {"run_dir": str(self.run_dir), "images_shown": self.shown, "steps": self.step,
+                   "img_per_sec_by_resolution": {res: s["images"] / s["seconds"] for res, s in self.stage_speed.items()
+                                                 if s["seconds"] > 0}, "swd": self.swd_results}
+        if self.stop_signal is not None:
+            summary["stopped_by_signal"] = signal.Signals(self.stop_signal).name
+        if self.dist.is_main:
+            ckpt.atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode())
+        return summary
+
+    def _train(self) -> None:
         config = self.config
         tick_images = max(1, round(config.tick_kimg * 1000))
         next_tick = (self.shown // tick_images + 1) * tick_images  # on multiples: the same ticks after a resume
@@ -213,7 +268,7 @@ class Trainer:
             if phase.resolution != self.optimizer_resolution:
                 self._new_optimizers(phase.resolution)
                 self.reporter.message(f"Training at {phase.resolution}x{phase.resolution}")
-            self.train_step(phase)
+            self._guarded_step(phase)
             self.reporter.advance(self.schedule.minibatch[phase.resolution] * self.dist.world_size)
             resolution_done = self.shown >= self.schedule.resolution_end(phase.resolution)
             stopping = self.shown >= self.schedule.total_images or self.step == config.max_steps
@@ -224,22 +279,77 @@ class Trainer:
                     self._evaluate(phase.resolution)
                 if resolution_done or stopping or self.ticks % config.snapshot_ticks == 0:
                     self.save()
+                if self._stop_requested_by_any_process():
+                    break
                 self._resume_clock()
+            elif self.stop_signal is not None and self.dist.world_size == 1:
+                break
         self.save()
-        self.reporter.close()
-        summary = {"run_dir": str(self.run_dir), "images_shown": self.shown, "steps": self.step,
-                   "img_per_sec_by_resolution": {res: s["images"] / s["seconds"] for res, s in self.stage_speed.items()
-                                                 if s["seconds"] > 0}, "swd": self.swd_results}
-        if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        return summary
+        if self.stop_signal is not None:
+            self.reporter.message(f"Stopped by {signal.Signals(self.stop_signal).name} at step {self.step} "
+                                  f"({self.shown} images shown); continue with --resume {self.run_dir}")
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """While training, SIGINT/SIGTERM ask for a clean stop; a second one acts as usual (it interrupts)."""
+        if threading.current_thread() is not threading.main_thread():  # handlers can only be set from there
+            yield
+            return
+        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+
+        def request_stop(number, frame):
+            self.stop_signal = number
+            for other in STOP_SIGNALS:
+                signal.signal(other, previous[other])
+            self.reporter.message(f"{signal.Signals(number).name}: stopping after this step and saving a "
+                                  "checkpoint (send it again to interrupt at once)")
+
+        for number in STOP_SIGNALS:
+            signal.signal(number, request_stop)
+        try:
+            yield
+        finally:
+            for number in STOP_SIGNALS:
+                signal.signal(number, previous[number])
+
+    def _stop_requested_by_any_process(self) -> bool:
+        if self.dist.world_size == 1:
+            return self.stop_signal is not None
+        # All processes must stop at the same step: they agree at ticks (one small all-reduce).
+        requested = self.dist.average(torch.tensor(float(self.stop_signal is not None), device=self.device))
+        if requested.item() > 0 and self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM
+        return self.stop_signal is not None
+
+    def _guarded_step(self, phase: Phase) -> None:
+        try:
+            self.train_step(phase)
+        except torch.OutOfMemoryError:
+            res, batch = phase.resolution, self.schedule.minibatch[phase.resolution]
+            group = min(self.config.mbstd_group_size, batch)
+            smaller = batch // 2 // group * group or max(1, batch // 2)  # a multiple of the stddev group if any
+            raise TrainingStopped(
+                f"out of GPU memory in a training step at {res}x{res} with minibatch {batch} per process on "
+                f"{self.device}. Nothing of the interrupted step was saved; the last checkpoint "
+                f"({self.last_checkpoint or 'none yet'}) is intact. Use a smaller minibatch for this resolution, "
+                f"e.g. --minibatch {res}:{smaller}" + (f" (a resumed run keeps its minibatch sizes: start a new "
+                f"run with it, or resume with --resume {self.run_dir} on a GPU with more free memory)"
+                                                       if self.run_dir else "")) from None
 
     def _resume_clock(self) -> None:
         self.tick_start_time, self.tick_start_shown = time.perf_counter(), self.shown
 
     def _tick(self, phase: Phase) -> None:
-        means = self.dist.average(self.stats / max(self.tick_steps, 1)).tolist()  # the one host read of a tick
+        means = self.dist.average(self.stats / max(self.tick_steps, 1)).tolist()  # the host reads of a tick
         skipped = int(self.skipped.item())
+        streak = int(self.dist.average(self.nonfinite_streak.clone()).item())
+        if streak >= MAX_NONFINITE_STREAK:
+            raise TrainingStopped(
+                f"training diverged: the last {streak} steps all had non-finite (NaN/Inf) losses or gradients at "
+                f"{phase.resolution}x{phase.resolution} (alpha {self.last_alpha:.3f}, {self.shown} images shown), so "
+                f"their updates were skipped. Nothing more was saved; the last checkpoint "
+                f"({self.last_checkpoint or 'none yet'}) is intact. Check the data for NaN/Inf, lower --lr, or use "
+                f"--amp bf16/off instead of fp16, then start again or --resume from that checkpoint")
         seconds = time.perf_counter() - self.tick_start_time
         images = self.shown - self.tick_start_shown
         speed = self.stage_speed.setdefault(str(phase.resolution), {"images": 0, "seconds": 0.0})
@@ -260,7 +370,7 @@ class Trainer:
             samples = self.sample(self.grid_latents, phase.resolution, alpha)
             scale = max(1, min(self.config.resolution, GRID_CELL) // phase.resolution)  # same size at every stage
             grid = image_grid(samples, self.config.grid_shape[0], scale)
-            save_png(grid, self.run_dir / f"fakes-{self.shown:09d}.png")
+            ckpt.write_atomically(self.run_dir / f"fakes-{self.shown:09d}.png", lambda path: save_png(grid, path))
             self.reporter.image("samples", grid, self.shown)
 
     @torch.no_grad()
@@ -276,7 +386,7 @@ class Trainer:
         index, flip = self.data.indices(0, count)
         reals = self.data.to_device(self.data.read(index, flip, self.config.resolution))
         grid = image_grid(reals, self.config.grid_shape[0])
-        save_png(grid, self.run_dir / "reals.png")
+        ckpt.write_atomically(self.run_dir / "reals.png", lambda path: save_png(grid, path))
         self.reporter.image("reals", grid, 0)
 
     def _evaluate(self, res: int) -> None:
@@ -313,12 +423,23 @@ class Trainer:
                  "swd": self.swd_results, "config": self.config.to_json()}
         weights = {"G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "D": self.D.state_dict()}
         path = ckpt.save_checkpoint(self.run_dir, self.step, weights, tensors, state, self.config.keep_checkpoints)
+        self.last_checkpoint = path
         self.reporter.message(f"Checkpoint {path}")
 
     def _load(self, checkpoint: Path) -> None:
+        try:
+            self._load_verified(checkpoint)
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:  # verified files that do not fit together
+            raise ckpt.CheckpointError(f"checkpoint {str(checkpoint)!r} does not fit this version of progan_fast "
+                                       f"or was edited ({type(error).__name__}: {error}); resume from another "
+                                       f"checkpoint: {ckpt.HOW_TO_RESUME}") from error
+
+    def _load_verified(self, checkpoint: Path) -> None:
         state, tensors = ckpt.load_state(checkpoint)
         for key, net in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
-            net.load_state_dict(ckpt.load_weights(checkpoint, key))
+            weights = ckpt.load_weights(checkpoint, key)
+            ckpt.check_fits(net, weights, checkpoint, key)
+            net.load_state_dict(weights)
         if state["optimizer_resolution"] is not None:
             self._new_optimizers(state["optimizer_resolution"])
             for key, optimizer in (("G", self.g_opt), ("D", self.d_opt)):
