@@ -185,28 +185,18 @@ def check(case: Case, backend: str, dtype: torch.dtype) -> None:
 OP_NAMES = list(CALLS)
 
 
-def parametrize(count: int, budget: float):
-    return pytest.mark.parametrize("case", [draw(op, seed, budget) for op in OP_NAMES for seed in range(count)],
-                                   ids=lambda case: f"{case.op}-seed{case.seed}")
+# CI cases, then the long sweep marked slow (`pytest -m slow`), with a larger work budget.
+CASES = [pytest.param(draw(op, seed, CI_BUDGET), id=f"{op}-seed{seed}") for op in OP_NAMES
+         for seed in range(CI_CASES)] + \
+        [pytest.param(draw(op, seed, SLOW_BUDGET), id=f"slow-{op}-seed{seed}", marks=pytest.mark.slow)
+         for op in OP_NAMES for seed in range(SLOW_CASES)]
 
 
-needs_backend = pytest.mark.skipif(not BACKENDS, reason=f"no accelerated backend can run on {DEVICE.type} here")
-
-
-@needs_backend
+@pytest.mark.skipif(not BACKENDS, reason=f"no accelerated backend can run on {DEVICE.type} here")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@parametrize(CI_CASES, CI_BUDGET)
+@pytest.mark.parametrize("case", CASES)
 def test_fuzz(case, backend, dtype):
-    check(case, backend, dtype)
-
-
-@pytest.mark.slow
-@needs_backend
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@parametrize(SLOW_CASES, SLOW_BUDGET)
-def test_fuzz_slow(case, backend, dtype):
     check(case, backend, dtype)
 
 

@@ -45,6 +45,20 @@ def assert_close(actual, expected, rtol=RTOL):
     torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol)
 
 
+def assert_matches_formula(module, formula, x):
+    """Forward and input gradient of `module` on fp32 x against `formula` on the same values in fp64."""
+    x.requires_grad_()
+    y = module(x)
+    x64 = x.detach().double().requires_grad_()
+    expected = formula(x64)
+    assert y.shape == expected.shape
+    assert_close(y, expected)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    expected.backward(grad.double())
+    assert_close(x.grad, x64.grad)
+
+
 def randomize(module):
     """Non-zero biases, so that a missing or scaled bias shows."""
     with torch.no_grad():
@@ -140,15 +154,7 @@ def test_equalized_linear_storage_and_last_dim():
 
 @pytest.mark.parametrize("shape", [(3, 7, 5, 5), (1, 2, 3, 3), (4, 13), (2, 9, 1, 1)])
 def test_pixel_norm_matches_formula(shape):
-    x = torch.randn(shape, requires_grad=True)
-    y = progan_fast.PixelNorm()(x)
-    x64 = x.detach().double().requires_grad_()
-    expected = pixel_norm_formula(x64)
-    assert_close(y, expected)
-    grad = torch.randn(shape)
-    y.backward(grad)
-    expected.backward(grad.double())
-    assert_close(x.grad, x64.grad)
+    assert_matches_formula(progan_fast.PixelNorm(), pixel_norm_formula, torch.randn(shape))
 
 
 def test_pixel_norm_single_channel_gives_the_sign():
@@ -181,16 +187,9 @@ def mbstd_formula(x, group_size, eps=1e-8):
 
 @pytest.mark.parametrize("n,group_size", [(8, 4), (12, 4), (3, 4), (6, 2), (5, 1), (6, 3)])
 def test_minibatch_stddev_matches_official_grouping(n, group_size):
-    x = torch.randn(n, 5, 3, 3, requires_grad=True)
-    y = progan_fast.MinibatchStdDev(group_size)(x)
-    x64 = x.detach().double().requires_grad_()
-    expected = mbstd_formula(x64, group_size)
-    assert y.shape == (n, 6, 3, 3)
-    assert_close(y, expected)
-    grad = torch.randn_like(y)
-    y.backward(grad)
-    expected.backward(grad.double())
-    assert_close(x.grad, x64.grad)
+    layer = progan_fast.MinibatchStdDev(group_size)
+    assert layer(torch.randn(n, 5, 3, 3)).shape == (n, 6, 3, 3)
+    assert_matches_formula(layer, lambda x: mbstd_formula(x, group_size), torch.randn(n, 5, 3, 3))
 
 
 def test_minibatch_stddev_groups_are_strided_not_contiguous():
