@@ -15,6 +15,14 @@ def check_activation(activation: Optional[str]) -> Optional[str]:
     return None if activation == "linear" else activation
 
 
+def check_sign_mask_slope(op: str, backend: str, activation: Optional[str], negative_slope: float) -> None:
+    """The accelerated backwards read the LeakyReLU mask from the sign of the saved output, which needs a
+    non-negative slope."""
+    if activation == "lrelu" and negative_slope < 0:
+        raise ValueError(f"{op} ({backend} backend) takes the LeakyReLU gradient from the sign of the output, "
+                         f"which needs negative_slope >= 0, got {negative_slope}; use the torch backend")
+
+
 def check_rank(name: str, x: torch.Tensor, rank: int, layout: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")

@@ -11,15 +11,26 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import check_activation, check_floating, check_same_device
+from ._checks import check_activation, check_floating, check_same_device, check_sign_mask_slope
+
+
+def _channel_view(v: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    return v.to(x.dtype).reshape(shape)
+
+
+def _sum_except(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per-channel sums (fp32 at least) over every dim but `dim`."""
+    others = [d for d in range(t.dim()) if d != dim]
+    dtype = torch.promote_types(t.dtype, torch.float32)
+    return t.sum(others, dtype=dtype) if others else t.to(dtype)
 
 
 def bias_act_reference(x: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str] = None,
                        negative_slope: float = 0.2, dim: int = 1) -> torch.Tensor:
     if bias is not None:
-        shape = [1] * x.dim()
-        shape[dim] = -1
-        x = x + bias.to(x.dtype).reshape(shape)
+        x = x + _channel_view(bias, x, dim)
     if activation == "lrelu":
         x = F.leaky_relu(x, negative_slope)
     return x
@@ -107,10 +118,8 @@ def bias_act_triton(x: torch.Tensor, bias: Optional[torch.Tensor], activation: O
     """The triton backend of bias_act (also the epilogue of equalized_linear's triton path)."""
     if bias is None and activation is None:
         return x
+    check_sign_mask_slope("bias_act", "triton", activation, negative_slope)
     lrelu = activation == "lrelu"
-    if lrelu and negative_slope < 0:
-        raise ValueError(f"bias_act (triton backend) takes the LeakyReLU gradient from the sign of the output, "
-                         f"which needs negative_slope >= 0, got {negative_slope}; use the torch backend")
     return _bias_act_triton_op(x, bias, lrelu, float(negative_slope), dim % x.dim())
 
 
@@ -124,19 +133,6 @@ _op.register("triton", bias_act_triton)
 # other's backward, so create_graph works to any order and the gradient penalty's double backward runs
 # the fused adjoint kernel. `kernels` is the extension (progan_fast.cuda_extension.cuda_kernels()) or
 # BiasActFormulas, the same math in plain torch that the tests hold the Functions and kernels to.
-
-def _channel_view(v: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    return v.to(x.dtype).reshape(shape)
-
-
-def _sum_except(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Per-channel sums (fp32 at least) over every dim but `dim`."""
-    others = [d for d in range(t.dim()) if d != dim]
-    dtype = torch.promote_types(t.dtype, torch.float32)
-    return t.sum(others, dtype=dtype) if others else t.to(dtype)
-
 
 class BiasActFormulas:
     """What the bias_act kernels compute, in plain torch."""
@@ -221,10 +217,8 @@ def bias_act_cuda(x: torch.Tensor, bias: Optional[torch.Tensor], activation: Opt
         return x
     if kernels is None and x.dtype not in KERNEL_DTYPES:
         return bias_act_reference(x, bias, activation, negative_slope, dim)
+    check_sign_mask_slope("bias_act", "cuda", activation, negative_slope)
     lrelu = activation == "lrelu"
-    if lrelu and negative_slope < 0:
-        raise ValueError(f"bias_act (cuda backend) takes the LeakyReLU gradient from the sign of the output, "
-                         f"which needs negative_slope >= 0, got {negative_slope}; use the torch backend")
     return _BiasActCuda.apply(x, bias, lrelu, float(negative_slope), dim % x.dim(), kernels or cuda_kernels())
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import check_activation, check_floating, check_rank, check_same_device
+from ._checks import check_activation, check_floating, check_rank, check_same_device, check_sign_mask_slope
 from .bias_act import bias_act_cuda, bias_act_reference
 from .fade import upsample2x
 from .pixel_norm import pixel_norm_reference
@@ -198,9 +198,7 @@ def equalized_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
                                           upsample, eps)
     if padding < 0:
         raise ValueError(f"equalized_conv2d: padding must be >= 0, got {padding}")
-    if activation == "lrelu" and negative_slope < 0:
-        raise ValueError(f"equalized_conv2d (triton backend): negative_slope must be >= 0 (the backward reads the "
-                         f"LeakyReLU mask from the sign of the output), got {negative_slope}; use the torch backend")
+    check_sign_mask_slope("equalized_conv2d", "triton", activation, negative_slope)
     height, width = _output_size(x, weight, padding, upsample)
     if min(height, width) < 1:
         raise ValueError(f"equalized_conv2d: a {weight.shape[2]}x{weight.shape[2]} kernel with padding {padding} "
