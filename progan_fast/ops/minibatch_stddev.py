@@ -30,18 +30,27 @@ def group_count(batch: int, group_size: Optional[int]) -> int:
     return size
 
 
-def minibatch_stddev_reference(x: torch.Tensor, group_size: Optional[int] = 4, eps: float = 1e-8) -> torch.Tensor:
+def _group_deviations(x: torch.Tensor, group_size: int, eps: float):
+    """(x - group mean) as [G, M, C, H, W] and sd = sqrt(biased variance + eps) as [M, C, H, W], fp32+."""
     n, c, h, w = x.shape
-    stats = x.to(accumulation_dtype(x.dtype))
+    grouped = x.to(accumulation_dtype(x.dtype)).reshape(group_size, n // group_size, c, h, w)
+    deviations = grouped - grouped.mean(dim=0)
+    return deviations, (deviations.square().mean(dim=0) + eps).sqrt()
+
+
+def _append_group_channel(x: torch.Tensor, per_group: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x with one more channel holding per_group[n % M] for sample n."""
+    n, _, h, w = x.shape
+    return torch.cat([x, per_group.to(x.dtype).repeat(group_size).reshape(n, 1, 1, 1).expand(n, 1, h, w)], dim=1)
+
+
+def minibatch_stddev_reference(x: torch.Tensor, group_size: Optional[int] = 4, eps: float = 1e-8) -> torch.Tensor:
+    n = x.shape[0]
     if group_size is None:
-        std = (stats.var(dim=0, unbiased=True) + eps).sqrt().mean().reshape(1).expand(n)
-    else:
-        size = group_count(n, group_size)
-        grouped = stats.reshape(size, n // size, c, h, w)
-        var = (grouped - grouped.mean(dim=0, keepdim=True)).square().mean(dim=0)
-        std = (var + eps).sqrt().mean(dim=(1, 2, 3)).repeat(size)
-    feature = std.to(x.dtype).reshape(n, 1, 1, 1).expand(n, 1, h, w)
-    return torch.cat([x, feature], dim=1)
+        std = (x.to(accumulation_dtype(x.dtype)).var(dim=0, unbiased=True) + eps).sqrt().mean().reshape(1)
+        return _append_group_channel(x, std, n)
+    size = group_count(n, group_size)
+    return _append_group_channel(x, _group_deviations(x, size, eps)[1].mean(dim=(1, 2, 3)), size)
 
 
 _op = Op("minibatch_stddev", minibatch_stddev_reference)
@@ -134,20 +143,6 @@ _op.register("triton", _minibatch_stddev_triton)
 # are recomputed from it, G loads per position). The gradient Function is differentiable once more, which
 # is what the gradient penalty's double backward needs. `kernels` is the extension or
 # MinibatchStdDevFormulas, the same math in plain torch that the tests hold the Functions and kernels to.
-
-def _group_deviations(x: torch.Tensor, group_size: int, eps: float):
-    """(x - group mean) as [G, M, C, H, W] and sd = sqrt(biased variance + eps) as [M, C, H, W], fp32+."""
-    n, c, h, w = x.shape
-    grouped = x.to(accumulation_dtype(x.dtype)).reshape(group_size, n // group_size, c, h, w)
-    deviations = grouped - grouped.mean(dim=0)
-    return deviations, (deviations.square().mean(dim=0) + eps).sqrt()
-
-
-def _append_group_channel(x: torch.Tensor, per_group: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x with one more channel holding per_group[n % M] for sample n."""
-    n, _, h, w = x.shape
-    return torch.cat([x, per_group.to(x.dtype).repeat(group_size).reshape(n, 1, 1, 1).expand(n, 1, h, w)], dim=1)
-
 
 class MinibatchStdDevFormulas:
     """What the minibatch-stddev kernels compute, in plain torch (K = C*H*W, d = x - group mean)."""
