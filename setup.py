@@ -11,7 +11,8 @@ from setuptools import find_packages, setup
 
 if os.environ.get("PROGAN_FAST_BUILD_CUDA") == "1":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from progan_fast.cuda_extension import build_or_load, cache_root
+    from progan_fast.cache import cache_root
+    from progan_fast.cuda_extension import build_or_load
 
     build_or_load(cache_root())
 

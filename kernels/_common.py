@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from progan_fast.backend import KERNEL_DTYPES
+
 BLOCK = 1024  # elements per program of the elementwise kernels
 TILE_ELEMENTS = 4096  # elements per program of the 2-D (reduction) tiles
 
@@ -24,7 +25,7 @@ def check_inputs(op: str, *tensors: Optional[torch.Tensor]) -> None:
     present = [t for t in tensors if t is not None]
     device = present[0].device
     for t in present:
-        if t.dtype not in SUPPORTED_DTYPES:
+        if t.dtype not in KERNEL_DTYPES:
             raise TypeError(f"{op} (triton backend) supports float32, float16 and bfloat16 tensors, got {t.dtype}; "
                             "convert the input, or use the torch backend")
         if t.device != device:

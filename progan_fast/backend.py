@@ -24,6 +24,8 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 
 BACKENDS = ("auto", "torch", "triton", "cuda")
+# Storage dtypes of the triton and cuda kernels (their math is fp32); other dtypes run the torch reference or raise.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ENV_VAR = "PROGAN_FAST_BACKEND"
 # Order in which `auto` tries the accelerated backends of an op.
 AUTO_PREFERENCE = ("triton", "cuda")

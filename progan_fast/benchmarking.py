@@ -31,6 +31,7 @@ import torch.nn.functional as torch_functional
 from . import functional, ops
 from .architecture import Widths
 from .backend import Op, unavailable_reason, use_backend
+from .testing import relative_error
 
 RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Official minibatch per resolution (1-GPU preset; 1024 as 512).
@@ -301,13 +302,6 @@ def outputs_and_grads(case: OpCase, backend: str, inputs: Sequence[torch.Tensor]
     generator = torch.Generator(device=out.device).manual_seed(seed)
     grad_out = torch.randn(out.shape, generator=generator, device=out.device).to(out.dtype)
     return [out.detach(), *torch.autograd.grad(out, list(inputs), grad_out)]
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|, in fp32."""
-    actual, expected = actual.float(), expected.float()
-    scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
-    return float((actual - expected).abs().max() / scale)
 
 
 def check_against_torch(case: OpCase, backend: str, device) -> float:

@@ -6,7 +6,7 @@ with nvcc into a small shared library that carries the CUDA runtime statically, 
 ninja, linked against that library. Neither step needs torch's CUDA headers, so a CPU-only torch with nvcc
 installed builds it too (it then runs nothing, but CI can check that it compiles, links and imports).
 
-The build is cached under ``$PROGAN_FAST_CACHE`` (default ``~/.cache/progan_fast``) in a folder named by a
+The build is cached under ``cache_root()/cuda_extension`` (see `progan_fast.cache`) in a folder named by a
 hash of the sources, the torch, nvcc and Python versions and the nvcc flags. A file lock makes concurrent
 processes wait for one build, and the build is assembled in a temporary folder renamed into place, so an
 interrupted build never leaves a broken cache.
@@ -32,15 +32,14 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from . import backend
+from .cache import CACHE_ENV_VAR, cache_root
 
-CACHE_ENV_VAR = "PROGAN_FAST_CACHE"
 # SASS for Ampere (sm_80) and Hopper (sm_90), plus compute_90 PTX that newer GPUs compile when loading.
 NVCC_FLAGS = ("-O3", "-std=c++17", "-Xcompiler", "-fPIC",
               "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=[sm_90,compute_90]")
 KERNEL_SOURCES = ("bias_act.cu", "minibatch_stddev.cu", "gradient_penalty.cu")
 BINDING_SOURCE = "progan_fast_cuda.cpp"
 HEADERS = ("common.cuh", "progan_fast_cuda.h")
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # storage types the kernels take
 
 
 class CudaExtensionError(RuntimeError):
@@ -55,12 +54,6 @@ def source_dir() -> Path:
             return candidate
     raise CudaExtensionError("the CUDA sources (csrc/) are not part of this installation of progan_fast; "
                              "install it from a source checkout (pip install .) to use the cuda backend")
-
-
-def cache_root() -> Path:
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "progan_fast"
 
 
 def find_nvcc() -> str:

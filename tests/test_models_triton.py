@@ -13,7 +13,8 @@ import torch
 import progan_fast
 from progan_fast import functional as F
 from progan_fast import reference, use_backend
-from triton_parity import DEVICE, relative_error
+from progan_fast.testing import relative_error
+from triton_parity import DEVICE
 
 SMALL = dict(resolution=32, fmap_base=32, fmap_max=8)  # widths 8, 8, 4, 2 at 4..32
 # alpha only matters above 4x4; the 32x32 cases are the slowest under the interpreter, so one alpha there.

@@ -5,6 +5,7 @@ from typing import Callable, Sequence
 import torch
 
 from progan_fast import use_backend
+from progan_fast.testing import relative_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The interpreter runs fp16 and bf16 too (numpy emulation), so every dtype is covered on CPU as well.
@@ -15,12 +16,6 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 SECOND_ORDER_TOLERANCE = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 6e-2}
 # Largest relative error seen per (label, dtype), for reporting.
 WORST_ERRORS = {}
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference over the largest magnitude of the expected tensor."""
-    expected, actual = expected.double(), actual.double()
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
 def leaves(*shapes: Sequence[int], dtype: torch.dtype = torch.float32, channels_last: bool = False):

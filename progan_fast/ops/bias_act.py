@@ -212,7 +212,8 @@ def bias_act_cuda(x: torch.Tensor, bias: Optional[torch.Tensor], activation: Opt
 
     kernels: the extension's kernels by default; BiasActFormulas runs the same Functions in plain torch.
     """
-    from ..cuda_extension import KERNEL_DTYPES, cuda_kernels
+    from ..backend import KERNEL_DTYPES
+    from ..cuda_extension import cuda_kernels
     if bias is None and activation is None:
         return x
     if kernels is None and x.dtype not in KERNEL_DTYPES:

@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..backend import Op
+from ..backend import KERNEL_DTYPES, Op
 from ._checks import check_activation, check_floating, check_rank, check_same_device, check_sign_mask_slope
 from .bias_act import bias_act_cuda, bias_act_reference
 from .fade import upsample2x
@@ -64,9 +64,6 @@ _op = Op("equalized_conv2d", equalized_conv2d_reference)
 
 # ---------------------------------------------------------------------------------------------
 # Triton backend
-
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 
 def _empty_like_layout(x: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
     """An uninitialised tensor of `shape` in x's dtype, device and memory format (channels_last stays so)."""

@@ -10,10 +10,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..backend import Op
+from ..backend import KERNEL_DTYPES, Op
 from ._checks import check_activation, check_floating, check_same_device
 from .bias_act import bias_act_cuda, bias_act_reference, bias_act_triton
-from .equalized_conv import KERNEL_DTYPES, equalized_scale
+from .equalized_conv import equalized_scale
 
 
 def equalized_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..backend import Op
-from ..cuda_extension import KERNEL_DTYPES, cuda_kernels
+from ..backend import KERNEL_DTYPES, Op
+from ..cuda_extension import cuda_kernels
 from ._checks import accumulation_dtype, check_floating
 
 

@@ -205,7 +205,8 @@ class _MinibatchStdDevCuda(torch.autograd.Function):
 def minibatch_stddev_cuda(x: torch.Tensor, group_size: Optional[int] = 4, eps: float = 1e-8,
                           kernels=None) -> torch.Tensor:
     """The cuda backend; kernels: the extension's by default, MinibatchStdDevFormulas for plain torch."""
-    from ..cuda_extension import KERNEL_DTYPES, cuda_kernels
+    from ..backend import KERNEL_DTYPES
+    from ..cuda_extension import cuda_kernels
     if group_size is None or (kernels is None and x.dtype not in KERNEL_DTYPES):
         return minibatch_stddev_reference(x, group_size, eps)
     return _MinibatchStdDevCuda.apply(x, group_count(x.shape[0], group_size), float(eps), kernels or cuda_kernels())

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                       f"(default {FOLDER_RESOLUTION} with --data, {BUILTIN_RESOLUTION} for the built-in digits)")
     data.add_argument("--mirror", type=_on_off, metavar="on|off", help="random horizontal flips of the reals (off)")
     data.add_argument("--cache-dir", metavar="DIR", help="where the prepared uint8 arrays per resolution are kept "
-                      "(default $XDG_CACHE_HOME/progan_fast or ~/.cache/progan_fast)")
+                      "(default: data/ under $PROGAN_FAST_CACHE, else ~/.cache/progan_fast)")
     sched = p.add_argument_group("schedule (defaults from --preset)")
     sched.add_argument("--preset", choices=sorted(PRESETS), help="official: the defaults of the official ProGAN code "
                        "(600k + 600k images per resolution, its minibatches and widths); quick: small networks and "

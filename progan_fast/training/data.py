@@ -29,17 +29,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..cache import cache_root
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CACHE_FORMAT = 1
 BUILTIN_NAME = "scikit-learn digits"
 MAX_BAD_FRACTION = 0.1  # more unreadable files than this and the folder is probably not what was meant
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 EXAMPLES = 3  # file names quoted in a warning or an error
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "progan_fast"
 
 
 def find_images(folder: str) -> List[Path]:
@@ -171,7 +168,7 @@ def prepare_cache(data: Optional[str], resolution: int, cache_dir: Optional[str]
     so a long first preparation cannot time out the process group. When that build fails, it leaves its error in
     KEY.failed, and the waiting processes raise it too instead of waiting forever.
     """
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = Path(cache_dir) if cache_dir else cache_root() / "data"
     if data is None:
         key, paths = f"digits-v{CACHE_FORMAT}-{resolution}", None
     else:
