@@ -1,4 +1,4 @@
-"""Shape facts of ProGAN shared by the reference and the fast models (SPEC: "Networks")."""
+"""Shape facts of ProGAN shared by the reference and the fast models (docs/progan.md, "Networks")."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """The plain-PyTorch reference ProGAN: the oracle every fast path is tested against.
 
-Written op by op from SPEC.md (the official TensorFlow networks.py, unfused path) with plain torch
+Written op by op from docs/progan.md (the official TensorFlow networks.py, unfused path) with plain torch
 calls and the reference formulas of `progan_fast.ops`; nothing here dispatches to a backend.
 Parameter names match `progan_fast.Generator` / `progan_fast.Discriminator`, so state_dicts load
 both ways.

@@ -1,4 +1,4 @@
-"""Each drop-in layer and functional op against its formula in SPEC.md, written independently here."""
+"""Each drop-in layer and functional op against its formula in docs/progan.md, written independently here."""
 import math
 
 import pytest
@@ -171,7 +171,7 @@ def test_pixel_norm_eps_and_low_precision():
 
 
 def mbstd_formula(x, group_size, eps=1e-8):
-    """SPEC: sample i is in group i % M (M = N / G); biased variance over the group, sqrt(var + eps),
+    """docs/progan.md: sample i is in group i % M (M = N / G); biased variance over the group, sqrt(var + eps),
     averaged over C, H, W; appended as a constant feature map."""
     n = x.shape[0]
     g = min(group_size, n)

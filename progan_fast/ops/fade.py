@@ -1,4 +1,4 @@
-"""fade: the level-of-detail blends of progressive growing (SPEC, "Fade-in").
+"""fade: the level-of-detail blends of progressive growing (docs/progan.md, "Fade-in").
 
 - ``fade(new, old, alpha)``: the discriminator-side lerp of two feature maps, old + (new - old) * alpha.
 - ``fade_upsample(high, low, alpha)``: alpha * high + (1 - alpha) * upsample2x_nearest(low): G's output,

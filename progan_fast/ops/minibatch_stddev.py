@@ -1,4 +1,4 @@
-"""minibatch_stddev: append one feature map holding the minibatch standard deviation (SPEC).
+"""minibatch_stddev: append one feature map holding the minibatch standard deviation (docs/progan.md, Networks).
 
 Official grouping (group_size=G): x [N,C,H,W] is viewed as [G, M, C, H, W], so sample i belongs to
 group i % M; the biased variance over each group (fp32), sqrt(var + eps), averaged over C, H, W,

@@ -1,4 +1,4 @@
-"""pixel_norm: x * rsqrt(mean(x^2 over channels) + eps), per pixel (SPEC: PixelNorm).
+"""pixel_norm: x * rsqrt(mean(x^2 over channels) + eps), per pixel (docs/progan.md, Networks).
 
 Reference: `pixel_norm_reference`. Layer: `progan_fast.PixelNorm`. The statistic is computed in fp32.
 """

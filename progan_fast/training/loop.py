@@ -1,4 +1,4 @@
-"""The progressive WGAN-GP training loop (SPEC "Training").
+"""The progressive WGAN-GP training loop (docs/progan.md, "Training").
 
 Per step: one D step (WGAN-GP, lambda 10, drift 0.001 * D(real)^2), one G step, then the EMA of G (beta 0.999).
 Adam (lr 0.001, betas (0, 0.99), eps 1e-8) for both, new optimizer state at each new resolution.
@@ -151,7 +151,7 @@ class Trainer:
     # Pieces of a step.
 
     def _scaler(self) -> torch.amp.GradScaler:
-        if self.amp == "fp16":  # SPEC: the official code starts at 2**6 and doubles about every 2000 good steps
+        if self.amp == "fp16":  # docs/progan.md: the official code starts at 2**6 and doubles about every 2000 good steps
             return torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 6, growth_interval=2000)
         # A fixed scale of 1 (it only halves after a non-finite step): the scaler then just skips and counts them.
         return torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2 ** 31 - 1)
