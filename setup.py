@@ -1,5 +1,6 @@
-"""progan_fast: the Triton kernels in ./kernels install as progan_fast.kernels and the CUDA sources in ./csrc as
-progan_fast.csrc (no top-level `kernels` or `csrc` module).
+"""progan_fast. The Triton backend (./kernels) and the CUDA backend (./csrc) are the subpackages progan_fast.kernels
+and progan_fast.csrc: progan_fast/kernels and progan_fast/csrc link to those folders, so the one import name works
+the same from a checkout, an editable install and a wheel (no top-level `kernels` or `csrc` module).
 
 PROGAN_FAST_BUILD_CUDA=1 also builds the cuda backend's extension into its cache at install time (torch must be
 importable: `pip install --no-build-isolation .`); without it the extension is built on first use.
@@ -12,7 +13,7 @@ from setuptools import find_packages, setup
 if os.environ.get("PROGAN_FAST_BUILD_CUDA") == "1":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from progan_fast.cache import cache_root
-    from progan_fast.cuda_extension import build_or_load
+    from progan_fast.csrc.extension import build_or_load
 
     build_or_load(cache_root())
 
@@ -24,8 +25,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["progan_fast", "progan_fast.*"]) + ["progan_fast.kernels", "progan_fast.csrc"],
-    package_dir={"progan_fast.kernels": "kernels", "progan_fast.csrc": "csrc"},
+    packages=find_packages(include=["progan_fast", "progan_fast.*"]),
     # The CUDA sources ship with the package: the cuda backend compiles them on first use.
     package_data={"progan_fast.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp", "README.md"]},
     # No upper bound and no CUDA pin: an installed torch (CPU or CUDA build) that satisfies this is kept.

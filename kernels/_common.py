@@ -1,10 +1,11 @@
-"""Helpers shared by the elementwise and reduction kernels (bias_act, pixel_norm, fade, minibatch_stddev):
-input checks, memory layout, launch sizes and the fade coefficient alpha.
+"""Helpers shared by the Triton backend's ops: the dtype check, memory layout, launch sizes and the fade
+coefficient alpha.
 
 Layout policy: the elementwise kernels walk memory linearly, so they take any dense tensor (NCHW,
 channels_last or another permutation of the dims) as it is, and copy only non-dense inputs (slices with
 gaps); the 4-D kernels address every tensor through its strides and walk the pixels in the memory order of
-their output (channels_last in, channels_last out). Math is fp32; outputs keep the input dtype.
+their output (channels_last in, channels_last out). Math is fp32; outputs keep the input dtype. The public
+functions of `progan_fast.ops` have checked devices and shapes already.
 """
 from __future__ import annotations
 
@@ -20,17 +21,12 @@ BLOCK = 1024  # elements per program of the elementwise kernels
 TILE_ELEMENTS = 4096  # elements per program of the 2-D (reduction) tiles
 
 
-def check_inputs(op: str, *tensors: Optional[torch.Tensor]) -> None:
-    """Same device, supported dtype; None entries (absent bias) are skipped."""
-    present = [t for t in tensors if t is not None]
-    device = present[0].device
-    for t in present:
-        if t.dtype not in KERNEL_DTYPES:
+def check_kernel_dtypes(op: str, *tensors: Optional[torch.Tensor]) -> None:
+    """Every tensor (None entries, an absent bias, are skipped) in one of the dtypes the kernels store."""
+    for t in tensors:
+        if t is not None and t.dtype not in KERNEL_DTYPES:
             raise TypeError(f"{op} (triton backend) supports float32, float16 and bfloat16 tensors, got {t.dtype}; "
                             "convert the input, or use the torch backend")
-        if t.device != device:
-            raise ValueError(f"{op}: all tensors must be on one device, got {device} and {t.device}; "
-                             "move them with .to(device)")
 
 
 def check_same_dtype(op: str, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -62,11 +58,9 @@ def like(t: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(layout, dtype=t.dtype).copy_(t)
 
 
-def elementwise_operands(op: str, layout_tensor: torch.Tensor, other: torch.Tensor):
+def elementwise_operands(layout_tensor: torch.Tensor, other: torch.Tensor):
     """(layout_tensor made dense, other in its layout, an empty output in its layout) for a two-operand
     elementwise kernel that walks memory linearly."""
-    check_inputs(op, layout_tensor, other)
-    check_same_dtype(op, layout_tensor, other)
     layout_tensor = dense(layout_tensor)
     return layout_tensor, like(other, layout_tensor), torch.empty_like(layout_tensor)
 
@@ -75,10 +69,12 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def empty_4d(shape, like_tensor: torch.Tensor) -> torch.Tensor:
-    """A new [N, C, H, W] tensor in the memory format of `like_tensor` (channels_last or contiguous)."""
+def empty_4d(shape, like_tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A new [N, C, H, W] tensor in the memory format of `like_tensor` (channels_last or contiguous), in its dtype
+    unless `dtype` is given."""
     memory_format = torch.channels_last if is_channels_last(like_tensor) else torch.contiguous_format
-    return torch.empty(shape, dtype=like_tensor.dtype, device=like_tensor.device, memory_format=memory_format)
+    return torch.empty(shape, dtype=dtype or like_tensor.dtype, device=like_tensor.device,
+                       memory_format=memory_format)
 
 
 def elementwise_grid(numel: int) -> Tuple[int]:

@@ -1,35 +1,53 @@
-"""Triton kernels of equalized_conv2d: an implicit-GEMM convolution with a fused epilogue, and the
-fused backward of that epilogue.
+"""Triton backend of equalized_conv2d (`progan_fast.ops.equalized_conv`): an implicit-GEMM convolution with a
+fused epilogue, and the fused backward of that epilogue.
 
 Forward, one program per tile of [BLOCK_M output pixels] x [BLOCK_N output channels]:
     [2x nearest upsample] -> conv (stride 1, any square k and padding; with upsample odd k, same padding)
     -> * equalized-LR scale -> + bias -> [LeakyReLU] -> [PixelNorm over the output channels].
 GEMM view: M = N * H_out * W_out pixels, N = out channels, K = taps * in channels, accumulated in fp32.
-The upsample is never materialised: the kernel runs the equivalent stride-2 transposed convolution, one output
-phase (2x2 parity class of output pixels) per program, reading x at its own resolution (as the official
-code's "fused_scale"); see `conv_forward`.
+The upsample is never materialised: the kernel runs the equivalent stride-2 transposed convolution
+(`upsample_weight`), one output phase (2x2 parity class of output pixels) per program, reading x at its own
+resolution (the official code's "fused_scale"): 4 instead of 9 products per 3x3 output pixel.
 
-Layouts: every tensor is addressed through its strides, so NCHW, channels_last and other strided
-inputs run without a copy; the caller allocates the outputs (in the input's memory format).
+Layouts: every tensor is addressed through its strides, so NCHW, channels_last and other strided inputs run
+without a copy; outputs are allocated in the input's memory format.
 
-Precision policy for fp32 inputs: `tl.dot(..., input_precision="ieee")` (exact fp32) unless the tensor is
-on CUDA and `torch.backends.cudnn.allow_tf32` is set, in which case "tf32" -- the same switch that governs
-torch's own convolutions, so the triton backend rounds the way the reference path does on that machine.
-fp16/bf16 inputs use the tensor cores directly; the accumulator is always fp32; the output has the input dtype.
+Precision for fp32 inputs: `tl.dot(..., input_precision="ieee")` (exact fp32) unless the tensor is on CUDA and
+`torch.backends.cudnn.allow_tf32` is set, in which case "tf32": the switch that governs torch's own convolutions,
+so the triton backend rounds the way the reference path does on that machine. fp16/bf16 inputs use the tensor
+cores directly; the accumulator is always fp32; the output has the input dtype. Under torch.autocast the input is
+cast to the autocast dtype first (as F.conv2d does); the weight is cast inside the kernel. fp64 (used only for
+gradient checks), and upsample with an even kernel or a padding other than "same" (no ProGAN layer has them), run
+the torch reference.
 
 PixelNorm needs every output channel of a pixel: with pixel_norm the channel tile spans all output channels
 (BLOCK_N = next_pow2(out), at most 512 in ProGAN) and the pixel tile shrinks to keep the accumulator size fixed.
 A separate normalisation pass would re-read and re-write the whole output, which costs most at the high
 resolutions, where the memory-bound layers have few channels and a full-width tile is cheap anyway.
-The tile sizes below are untuned first choices: they have not been measured on a GPU yet.
+
+Backward: one kernel for the epilogue (PixelNorm -> LeakyReLU -> bias), from the saved output y and PixelNorm
+factor r; the convolution's input and weight gradients use torch's convolution backward (cuDNN on a GPU; the
+stride-2 transposed form with upsample). Without PixelNorm (the discriminator's layers) the backward is built from
+differentiable ops (the epilogue backward is a custom op with its own autograd), so the gradient penalty's double
+backward works in eager mode; with PixelNorm it is once-differentiable and says so if differentiated again. Both
+passes are opaque custom ops with fake implementations, so torch.compile traces models that use them (forward and
+first-order backward).
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from progan_fast.backend import KERNEL_DTYPES
+from progan_fast.kernels._common import empty_4d
+from progan_fast.ops._checks import check_sign_mask_slope
+from progan_fast.ops.equalized_conv import (equalized_conv2d_op, equalized_conv2d_reference, equalized_scale,
+                                            output_size)
 
 # Accumulator elements per program (BLOCK_M * BLOCK_N): 64 x 128 fp32 without PixelNorm, up to 32 x 512 with it.
 _ACC_ELEMENTS = 8192
@@ -156,7 +174,7 @@ def _pow2_at_least(n: int, floor: int) -> int:
     return max(triton.next_power_of_2(n), floor)
 
 
-def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
+def _launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
                  r: torch.Tensor, scale: float, padding: int, lrelu: bool, negative_slope: float, pixel_norm: bool,
                  upsample: bool, eps: float) -> None:
     """Writes y [N, out, H_out, W_out] and, with pixel_norm, r [N, H_out, W_out] (fp32 PixelNorm factors).
@@ -179,7 +197,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     block_k = min(32, _pow2_at_least(x.shape[1], _MIN_DOT_BLOCK))
     grid = (triton.cdiv(num_rows, block_m), triton.cdiv(c_out, block_n), 4 if upsample else 1)
     # Weight as [k, k, in, out] in x's dtype: the weight tile loads are contiguous along out (coalesced) and
-    # half the bytes for 16-bit inputs, for one copy of at most 9.4 MB (512x512x3x3 fp32) per call. Unmeasured.
+    # half the bytes for 16-bit inputs, for one copy of at most 9.4 MB (512x512x3x3 fp32) per call.
     taps_layout = weight.permute(2, 3, 1, 0)
     w_taps = weight.new_empty(taps_layout.shape, dtype=x.dtype).copy_(taps_layout)
     swh, sww, swi, swo = w_taps.stride()
@@ -195,7 +213,7 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         num_warps=8 if block_m * block_n >= _ACC_ELEMENTS_PIXEL_NORM else 4)
 
 
-def epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, dv: torch.Tensor, lrelu: bool,
+def _launch_epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, dv: torch.Tensor, lrelu: bool,
                       negative_slope: float, pixel_norm: bool) -> torch.Tensor:
     """Writes dv, the gradient of the pre-activation; returns the bias gradient (fp32 [C])."""
     n, c, h, w = y.shape
@@ -211,3 +229,135 @@ def epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, dv: to
         *dy.stride(), *y.stride(), *dv.stride(), negative_slope,
         LRELU=lrelu, PIXEL_NORM=pixel_norm, BLOCK_M=block_m, BLOCK_C=block_c)
     return db_partial.sum(0)
+
+
+def upsample_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The [out, in, k + 1, k + 1] kernel W with conv_transpose2d(x, W.transpose(0, 1), stride=2, padding=k // 2)
+    == conv2d(upsample2x(x), weight, padding=k // 2) for odd k: each tap is a sum of the 2x2 neighbouring taps
+    of the zero-padded kernel, flipped (the official code's "fused_scale")."""
+    return F.avg_pool2d(F.pad(weight, (1, 1, 1, 1)), 2, stride=1, divisor_override=1).flip(2, 3)
+
+
+def upsample_weight_grad(grad: torch.Tensor) -> torch.Tensor:
+    """The adjoint of `upsample_weight`: a [out, in, k + 1, k + 1] gradient back to [out, in, k, k]."""
+    return F.avg_pool2d(grad.flip(2, 3), 2, stride=1, divisor_override=1)
+
+
+def _conv_outputs(x: torch.Tensor, weight: torch.Tensor, padding: int, pixel_norm: bool,
+                  upsample: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y, r) to be written by the forward kernel; r is empty without PixelNorm."""
+    size = output_size(x, weight, padding, upsample)
+    y = empty_4d((x.shape[0], weight.shape[0], *size), x)
+    r = x.new_empty((x.shape[0], *size) if pixel_norm else (0,), dtype=torch.float32)
+    return y, r
+
+
+@torch.library.custom_op("progan_fast::equalized_conv2d", mutates_args=())
+def _conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], scale: float, padding: int,
+                  lrelu: bool, negative_slope: float, pixel_norm: bool, upsample: bool,
+                  eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    y, r = _conv_outputs(x, weight, padding, pixel_norm, upsample)
+    _launch_forward(x, upsample_weight(weight) if upsample else weight, bias, y, r, scale, padding, lrelu,
+                    negative_slope, pixel_norm, upsample, eps)
+    return y, r
+
+
+@_conv_forward.register_fake
+def _(x, weight, bias, scale, padding, lrelu, negative_slope, pixel_norm, upsample, eps):
+    return _conv_outputs(x, weight, padding, pixel_norm, upsample)
+
+
+@torch.library.custom_op("progan_fast::equalized_conv2d_epilogue_backward", mutates_args=())
+def _epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, lrelu: bool, negative_slope: float,
+                       pixel_norm: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(gradient of the pre-activation v = conv + bias, gradient of the bias in fp32)."""
+    dv = empty_4d(tuple(y.shape), y)
+    return dv, _launch_epilogue_backward(dy, y, r, dv, lrelu, negative_slope, pixel_norm)
+
+
+@_epilogue_backward.register_fake
+def _(dy, y, r, lrelu, negative_slope, pixel_norm):
+    return empty_4d(tuple(y.shape), y), y.new_empty((y.shape[1],), dtype=torch.float32)
+
+
+def _save_epilogue_output(ctx, inputs, output):
+    _, y, _, ctx.lrelu, ctx.negative_slope, ctx.pixel_norm = inputs
+    ctx.save_for_backward(y)
+
+
+def _epilogue_backward_grad(ctx, grad_dv, grad_db):
+    """Without PixelNorm the epilogue backward is linear in dy: dv = mask(y) * dy, db = sum(dv), and its
+    gradient with respect to y is zero almost everywhere (the mask is piecewise constant)."""
+    if ctx.pixel_norm:
+        raise RuntimeError("equalized_conv2d (triton backend): the backward of the PixelNorm epilogue is "
+                           "once-differentiable; for higher-order gradients through pixel_norm=True use "
+                           "progan_fast.use_backend('torch')")
+    grad = grad_dv + grad_db.to(grad_dv.dtype)[None, :, None, None]
+    if ctx.lrelu:
+        grad = torch.where(ctx.saved_tensors[0] > 0, grad, grad * ctx.negative_slope)
+    return grad, None, None, None, None, None
+
+
+_epilogue_backward.register_autograd(_epilogue_backward_grad, setup_context=_save_epilogue_output)
+
+
+def _save_conv_inputs(ctx, inputs, output):
+    x, weight, bias, ctx.scale, ctx.padding, ctx.lrelu, ctx.negative_slope, ctx.pixel_norm, ctx.upsample, _ = inputs
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.save_for_backward(x, weight, *output)
+
+
+def _conv_backward(ctx, dy, _grad_r):
+    """Built from differentiable ops (see _epilogue_backward_grad), so create_graph=True works."""
+    x, weight, y, r = ctx.saved_tensors
+    if ctx.lrelu or ctx.pixel_norm:
+        dv, db = _epilogue_backward(dy, y, r, ctx.lrelu, ctx.negative_slope, ctx.pixel_norm)
+    else:
+        dv, db = dy, dy.sum(dim=(0, 2, 3), dtype=torch.float32)
+    need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+    grad_x = grad_weight = grad_bias = None
+    if need_x or need_weight:
+        # With upsample, as the forward: the equivalent stride-2 transposed conv, so neither the upsampled copy
+        # of x nor its gradient is ever made (and 16 instead of 36 products per input pixel and 3x3 channel pair).
+        w_scaled = weight * ctx.scale
+        w_conv = upsample_weight(w_scaled).transpose(0, 1) if ctx.upsample else w_scaled
+        stride = 2 if ctx.upsample else 1
+        grad_x, grad_w_conv, _ = torch.ops.aten.convolution_backward(
+            dv, x, w_conv.to(x.dtype), None, [stride] * 2, [ctx.padding] * 2, [1, 1], ctx.upsample, [0, 0], 1,
+            [need_x, need_weight, False])
+        if need_weight:
+            grad_w_scaled = upsample_weight_grad(grad_w_conv.transpose(0, 1)) if ctx.upsample else grad_w_conv
+            grad_weight = grad_w_scaled.to(weight.dtype) * ctx.scale
+    if need_bias:
+        grad_bias = db.to(ctx.bias_dtype)
+    return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None
+
+
+_conv_forward.register_autograd(_conv_backward, setup_context=_save_conv_inputs)
+
+
+def equalized_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
+                            padding: int, activation: Optional[str], negative_slope: float, pixel_norm: bool,
+                            upsample: bool, eps: float) -> torch.Tensor:
+    if torch.is_autocast_enabled(x.device.type):  # like F.conv2d: compute in the autocast dtype
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    k = weight.shape[2]
+    if x.dtype not in KERNEL_DTYPES or (upsample and (k % 2 == 0 or padding != k // 2)):
+        return equalized_conv2d_reference(x, weight, bias, gain, padding, activation, negative_slope, pixel_norm,
+                                          upsample, eps)
+    if padding < 0:
+        raise ValueError(f"equalized_conv2d: padding must be >= 0, got {padding}")
+    check_sign_mask_slope("equalized_conv2d", "triton", activation, negative_slope)
+    height, width = output_size(x, weight, padding, upsample)
+    if min(height, width) < 1:
+        raise ValueError(f"equalized_conv2d: a {weight.shape[2]}x{weight.shape[2]} kernel with padding {padding} "
+                         f"does not fit an input of spatial size {tuple(x.shape[2:])} (upsample={upsample})")
+    if max(math.prod(x.shape[1:]), weight.shape[0] * height * width) >= 2 ** 31:
+        raise ValueError("equalized_conv2d (triton backend): one image of the input or output has 2**31 elements "
+                         "or more (the kernel indexes within an image in int32); use the torch backend")
+    y, _ = _conv_forward(x, weight, bias, equalized_scale(weight, gain), int(padding), activation == "lrelu",
+                         float(negative_slope), bool(pixel_norm), bool(upsample), float(eps))
+    return y
+
+
+equalized_conv2d_op.register("triton", equalized_conv2d_triton)

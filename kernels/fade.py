@@ -1,4 +1,5 @@
-"""Triton kernels of the fade blends, forward and backward, each in one pass over its tensors.
+"""Triton backend of the fade blends (`progan_fast.ops.fade`), forward and backward, each in one pass over its
+tensors.
 
 - fade: out = old + (new - old) * alpha, elementwise over dense tensors of one layout. Its backward writes
   d_new = alpha * g and d_old = (1 - alpha) * g in one pass; the two kernels are each other's adjoints.
@@ -8,7 +9,13 @@
 - fade_downsample: out = m + (x - m) * alpha with m = mean of the 2x2 quad of x: one read of x. The map is
   self-adjoint, so its backward is the same kernel.
 The quad kernels address tensors through strides and walk the pixels in the memory order of the output.
-alpha is a float argument or is read on the device from a 0-dim tensor (ALPHA_FROM_PTR).
+alpha is a float argument or is read on the device from a 0-dim tensor (ALPHA_FROM_PTR); it travels through
+the custom ops as (alpha_tensor, alpha_value). No gradient with respect to alpha (a tensor alpha that requires
+grad is refused).
+
+Opaque custom ops, so torch.compile traces the models through their fake implementations. The blends are linear
+in the feature maps, so each backward is a linear op whose own backward is the forward kernel (or, for the
+self-adjoint fade_downsample, itself): D's gradient penalty takes a double backward through them.
 """
 from __future__ import annotations
 
@@ -18,8 +25,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (BLOCK, alpha_kwargs, block_of, check_inputs, check_same_dtype, dense, elementwise_grid,
-                      elementwise_operands, empty_4d, is_channels_last, load_alpha, nchw_index)
+from progan_fast.kernels._common import (BLOCK, alpha_kwargs, block_of, check_kernel_dtypes, check_same_dtype, dense,
+                                        elementwise_grid, elementwise_operands, empty_4d, is_channels_last, load_alpha,
+                                        nchw_index, split_alpha)
+from progan_fast.ops._checks import Alpha
+from progan_fast.ops.fade import fade_downsample_op, fade_op, fade_upsample_op
+
+Pair = Tuple[torch.Tensor, torch.Tensor]
 
 
 @triton.jit
@@ -119,18 +131,23 @@ def _low_grid(low_shape) -> Tuple[int, Tuple[int]]:
     return num_low, elementwise_grid(num_low)
 
 
-def fade_forward(new: torch.Tensor, old: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
-                 alpha_value: float) -> torch.Tensor:
-    new, old, out = elementwise_operands("fade", new, old)
+@torch.library.custom_op("progan_fast::fade", mutates_args=())
+def _fade_forward(new: torch.Tensor, old: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
+                  alpha_value: float) -> torch.Tensor:
+    new, old, out = elementwise_operands(new, old)
     if new.numel():
         _fade_kernel[elementwise_grid(new.numel())](new, old, out, new.numel(),
                                                     **alpha_kwargs(alpha_tensor, alpha_value, out), BLOCK=BLOCK)
     return out
 
 
-def fade_backward(g: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
-                  alpha_value: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_inputs("fade backward", g)
+@_fade_forward.register_fake
+def _(new, old, alpha_tensor, alpha_value):
+    return torch.empty_like(dense(new))
+
+
+@torch.library.custom_op("progan_fast::fade_backward", mutates_args=())
+def _fade_backward(g: torch.Tensor, alpha_tensor: Optional[torch.Tensor], alpha_value: float) -> Pair:
     g = dense(g)
     d_new, d_old = torch.empty_like(g), torch.empty_like(g)
     if g.numel():
@@ -139,10 +156,24 @@ def fade_backward(g: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
     return d_new, d_old
 
 
-def fade_upsample_forward(high: torch.Tensor, low: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
-                          alpha_value: float) -> torch.Tensor:
-    check_inputs("fade_upsample", high, low)
-    check_same_dtype("fade_upsample", high, low)
+@_fade_backward.register_fake
+def _(g, alpha_tensor, alpha_value):
+    return torch.empty_like(dense(g)), torch.empty_like(dense(g))
+
+
+def _low_grid(low_shape) -> Tuple[int, Tuple[int]]:
+    num_low = low_shape[0] * low_shape[1] * low_shape[2] * low_shape[3]
+    return num_low, elementwise_grid(num_low)
+
+
+def _half_size(t: torch.Tensor) -> Tuple[int, int, int, int]:
+    n, c, h, w = t.shape
+    return n, c, h // 2, w // 2
+
+
+@torch.library.custom_op("progan_fast::fade_upsample", mutates_args=())
+def _fade_upsample_forward(high: torch.Tensor, low: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
+                           alpha_value: float) -> torch.Tensor:
     out = empty_4d(high.shape, high)
     num_low, grid = _low_grid(low.shape)
     if num_low:
@@ -152,27 +183,99 @@ def fade_upsample_forward(high: torch.Tensor, low: torch.Tensor, alpha_tensor: O
     return out
 
 
-def fade_upsample_backward(g: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
-                           alpha_value: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_inputs("fade_upsample backward", g)
-    n, c, h, w = g.shape
-    d_high = empty_4d(g.shape, g)
-    d_low = empty_4d((n, c, h // 2, w // 2), g)
+@_fade_upsample_forward.register_fake
+def _(high, low, alpha_tensor, alpha_value):
+    return empty_4d(high.shape, high)
+
+
+@torch.library.custom_op("progan_fast::fade_upsample_backward", mutates_args=())
+def _fade_upsample_backward(g: torch.Tensor, alpha_tensor: Optional[torch.Tensor], alpha_value: float) -> Pair:
+    d_high, d_low = empty_4d(g.shape, g), empty_4d(_half_size(g), g)
     num_low, grid = _low_grid(d_low.shape)
     if num_low:
-        _fade_upsample_bwd_kernel[grid](g, d_high, d_low, num_low, c, h // 2, w // 2, *g.stride(), *d_high.stride(),
+        _fade_upsample_bwd_kernel[grid](g, d_high, d_low, num_low, *d_low.shape[1:], *g.stride(), *d_high.stride(),
                                         *d_low.stride(), **alpha_kwargs(alpha_tensor, alpha_value, g),
                                         CHANNELS_LAST=is_channels_last(d_high), BLOCK=BLOCK)
     return d_high, d_low
 
 
-def fade_downsample_forward(x: torch.Tensor, alpha_tensor: Optional[torch.Tensor], alpha_value: float) -> torch.Tensor:
-    check_inputs("fade_downsample", x)
-    n, c, h, w = x.shape
+@_fade_upsample_backward.register_fake
+def _(g, alpha_tensor, alpha_value):
+    return empty_4d(g.shape, g), empty_4d(_half_size(g), g)
+
+
+@torch.library.custom_op("progan_fast::fade_downsample", mutates_args=())
+def _fade_downsample_forward(x: torch.Tensor, alpha_tensor: Optional[torch.Tensor], alpha_value: float
+                             ) -> torch.Tensor:
+    """Self-adjoint: also its own backward."""
     out = empty_4d(x.shape, x)
-    num_low, grid = _low_grid((n, c, h // 2, w // 2))
+    num_low, grid = _low_grid(_half_size(x))
     if num_low:
-        _fade_downsample_kernel[grid](x, out, num_low, c, h // 2, w // 2, *x.stride(), *out.stride(),
+        _fade_downsample_kernel[grid](x, out, num_low, *_half_size(x)[1:], *x.stride(), *out.stride(),
                                       **alpha_kwargs(alpha_tensor, alpha_value, out),
                                       CHANNELS_LAST=is_channels_last(out), BLOCK=BLOCK)
     return out
+
+
+@_fade_downsample_forward.register_fake
+def _(x, alpha_tensor, alpha_value):
+    return empty_4d(x.shape, x)
+
+
+def _save_alpha(ctx, inputs, output):
+    """setup_context of every fade op: alpha is the last two inputs."""
+    alpha_tensor, ctx.alpha_value = inputs[-2:]
+    ctx.save_for_backward(alpha_tensor)
+
+
+def _alpha(ctx) -> Tuple[Optional[torch.Tensor], float]:
+    return ctx.saved_tensors[0], ctx.alpha_value
+
+
+def _fade_grad(ctx, grad):
+    return (*_fade_backward(grad, *_alpha(ctx)), None, None)
+
+
+def _fade_backward_grad(ctx, grad_new, grad_old):
+    return _fade_forward(grad_new, grad_old, *_alpha(ctx)), None, None
+
+
+def _fade_upsample_grad(ctx, grad):
+    return (*_fade_upsample_backward(grad, *_alpha(ctx)), None, None)
+
+
+def _fade_upsample_backward_grad(ctx, grad_high, grad_low):
+    return _fade_upsample_forward(grad_high, grad_low, *_alpha(ctx)), None, None
+
+
+def _fade_downsample_grad(ctx, grad):
+    return _fade_downsample_forward(grad, *_alpha(ctx)), None, None
+
+
+for _custom_op, _gradient in ((_fade_forward, _fade_grad), (_fade_backward, _fade_backward_grad),
+                              (_fade_upsample_forward, _fade_upsample_grad),
+                              (_fade_upsample_backward, _fade_upsample_backward_grad),
+                              (_fade_downsample_forward, _fade_downsample_grad)):
+    _custom_op.register_autograd(_gradient, setup_context=_save_alpha)
+
+
+def fade_triton(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    check_kernel_dtypes("fade", new, old)
+    check_same_dtype("fade", new, old)
+    return _fade_forward(new, old, *split_alpha("fade", alpha, new.device))
+
+
+def fade_upsample_triton(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    check_kernel_dtypes("fade_upsample", high, low)
+    check_same_dtype("fade_upsample", high, low)
+    return _fade_upsample_forward(high, low, *split_alpha("fade_upsample", alpha, high.device))
+
+
+def fade_downsample_triton(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    check_kernel_dtypes("fade_downsample", x)
+    return _fade_downsample_forward(x, *split_alpha("fade_downsample", alpha, x.device))
+
+
+fade_op.register("triton", fade_triton)
+fade_upsample_op.register("triton", fade_upsample_triton)
+fade_downsample_op.register("triton", fade_downsample_triton)

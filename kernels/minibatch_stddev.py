@@ -1,4 +1,5 @@
-"""Triton kernels of minibatch_stddev: out [N, C+1, H, W] = [x, per-group mean stddev], and its input gradient.
+"""Triton backend of minibatch_stddev (`progan_fast.ops.minibatch_stddev`): out [N, C+1, H, W] = [x, per-group
+mean stddev], and its input gradient.
 
 Groups: sample i belongs to group m = i % M (M = N / G), as in the official [G, M, C, H, W] reshape; the
 whole-batch variant is G = N, M = 1 with the unbiased variance (divisor G - 1 instead of G).
@@ -9,14 +10,22 @@ torch.cat) and writes the sum over the chunk of sqrt(var + eps) (fp32) to a part
 sums the partials of each group and fills the stddev channel. Backward, with t_m the gradient summed over
 the stddev channel of group m: dx = grad[:, :C] + t_m / (C*H*W) * (x - mean) / (divisor * std), where x is
 read from the saved output (out[:, :C]), so the input itself is not kept.
+
+Opaque custom ops, so torch.compile traces D through their fake implementations. The group size travels resolved
+(G = min(group_size, N), or N for the whole batch with `unbiased`). The backward op's own backward, needed by the
+gradient penalty's double backward, recomputes the first-order gradient with the torch reference and
+differentiates it (second order only, on the small 4x4 map of D's last block).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import check_inputs, empty_4d, is_channels_last, nchw_index, tile_shape
+from progan_fast.kernels._common import check_kernel_dtypes, empty_4d, is_channels_last, nchw_index, tile_shape
+from progan_fast.ops.minibatch_stddev import effective_group_size, minibatch_stddev_op, minibatch_stddev_reference
 
 
 @triton.jit
@@ -103,8 +112,8 @@ def _mbstd_bwd_kernel(g_ptr, out_ptr, t_ptr, dx_ptr, G, M, C, H, W, CHW,
     tl.store(dx_ptr + _tile_offsets(samples, c, h, w, sdn, sdc, sdh, sdw), dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def output_like(x: torch.Tensor) -> torch.Tensor:
-    """The [N, C+1, H, W] output in x's memory format; shared with the fake implementation."""
+def _output_like(x: torch.Tensor) -> torch.Tensor:
+    """The [N, C+1, H, W] output in x's memory format."""
     n, c, h, w = x.shape
     return empty_4d((n, c + 1, h, w), x)
 
@@ -119,10 +128,10 @@ def _divisor(group_size: int, unbiased: bool) -> float:
     return float(group_size - 1 if unbiased else group_size)
 
 
-def minibatch_stddev_forward(x: torch.Tensor, group_size: int, unbiased: bool, eps: float) -> torch.Tensor:
-    check_inputs("minibatch_stddev", x)
+@torch.library.custom_op("progan_fast::minibatch_stddev", mutates_args=())
+def _minibatch_stddev_forward(x: torch.Tensor, group_size: int, unbiased: bool, eps: float) -> torch.Tensor:
     n, c, h, w = x.shape
-    out = output_like(x)
+    out = _output_like(x)
     groups, chw = n // group_size, c * h * w
     block_g, block, num_chunks = _launch_shape(group_size, chw)
     partial = torch.empty((groups, num_chunks), dtype=torch.float32, device=x.device)
@@ -136,9 +145,14 @@ def minibatch_stddev_forward(x: torch.Tensor, group_size: int, unbiased: bool, e
     return out
 
 
-def minibatch_stddev_backward(grad: torch.Tensor, out: torch.Tensor, group_size: int, unbiased: bool,
-                              eps: float) -> torch.Tensor:
-    check_inputs("minibatch_stddev backward", grad, out)
+@_minibatch_stddev_forward.register_fake
+def _(x, group_size, unbiased, eps):
+    return _output_like(x)
+
+
+@torch.library.custom_op("progan_fast::minibatch_stddev_backward", mutates_args=())
+def _minibatch_stddev_backward(grad: torch.Tensor, out: torch.Tensor, group_size: int, unbiased: bool,
+                               eps: float) -> torch.Tensor:
     n, c_out, h, w = out.shape
     c = c_out - 1
     groups, chw = n // group_size, c * h * w
@@ -152,3 +166,49 @@ def minibatch_stddev_backward(grad: torch.Tensor, out: torch.Tensor, group_size:
                                             _divisor(group_size, unbiased), eps, 1.0 / chw,
                                             CHANNELS_LAST=is_channels_last(dx), BLOCK_G=block_g, BLOCK=block)
     return dx
+
+
+@_minibatch_stddev_backward.register_fake
+def _(grad, out, group_size, unbiased, eps):
+    n, c, h, w = out.shape
+    return empty_4d((n, c - 1, h, w), out)
+
+
+def _save_output(ctx, inputs, output):
+    ctx.group_size, ctx.unbiased, ctx.eps = inputs[-3:]
+    ctx.save_for_backward(output)
+
+
+def _backward(ctx, grad):
+    out, = ctx.saved_tensors
+    return _minibatch_stddev_backward(grad, out, ctx.group_size, ctx.unbiased, ctx.eps), None, None, None
+
+
+def _save_grad_and_output(ctx, inputs, output):
+    ctx.group_size, ctx.unbiased, ctx.eps = inputs[-3:]
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _backward_of_backward(ctx, grad_of_dx):
+    grad, out = ctx.saved_tensors
+    with torch.enable_grad():
+        x = out[:, :-1].detach().requires_grad_()
+        grad = grad.detach().requires_grad_()
+        y = minibatch_stddev_reference(x, None if ctx.unbiased else ctx.group_size, ctx.eps)
+        dx, = torch.autograd.grad(y, x, grad, create_graph=True)
+        d_grad, d_x = torch.autograd.grad(dx, (grad, x), grad_of_dx)
+    d_out = torch.cat([d_x, torch.zeros_like(out[:, -1:])], dim=1)  # dx does not read the stddev channel
+    return d_grad, d_out, None, None, None
+
+
+_minibatch_stddev_forward.register_autograd(_backward, setup_context=_save_output)
+_minibatch_stddev_backward.register_autograd(_backward_of_backward, setup_context=_save_grad_and_output)
+
+
+def minibatch_stddev_triton(x: torch.Tensor, group_size: Optional[int] = 4, eps: float = 1e-8) -> torch.Tensor:
+    check_kernel_dtypes("minibatch_stddev", x)
+    return _minibatch_stddev_forward(x, effective_group_size(x.shape[0], group_size), group_size is None,
+                                     float(eps))
+
+
+minibatch_stddev_op.register("triton", minibatch_stddev_triton)

@@ -1,9 +1,13 @@
-"""Triton kernels of pixel_norm: y = x * r with r = rsqrt(mean_c(x^2) + eps) per pixel, and its input gradient.
+"""Triton backend of pixel_norm (`progan_fast.ops.pixel_norm`): y = x * r with r = rsqrt(mean_c(x^2) + eps) per
+pixel, and its input gradient.
 
 The tensor is viewed as [N, C, S] (S = all trailing dims) and addressed through strides, so NCHW,
 channels_last and the latent [N, C] need no copy. A program owns BLOCK_P pixels and loops over the channels
 twice (statistic, then output), so any C fits. The forward also returns r (fp32, [N, S]): the backward
 dx = r * (dy - y * mean_c(dy * y)) then needs only y and r, never x.
+
+Opaque custom ops, so torch.compile traces G through their fake implementations. First order only: G needs no
+double backward.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TILE_ELEMENTS, block_of, check_inputs
+from progan_fast.kernels._common import TILE_ELEMENTS, block_of, check_kernel_dtypes
+from progan_fast.ops.pixel_norm import pixel_norm_op
 
 _BLOCK_C_MAX = 64
 
@@ -74,8 +79,8 @@ def pixel_views(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-def empty_outputs(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(y in the layout of x's [N, C, S] view, r fp32 [N, S]); shared with the fake implementation."""
+def _empty_outputs(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y in the layout of x's [N, C, S] view, r fp32 [N, S])."""
     y = torch.empty_like(pixel_views(x)).view(x.shape)
     r = torch.empty((x.shape[0], pixel_views(x).shape[2]), dtype=torch.float32, device=x.device)
     return y, r
@@ -87,9 +92,10 @@ def _launch_shape(c: int, num_pixels: int) -> Tuple[int, int, Tuple[int]]:
     return block_p, block_c, (triton.cdiv(num_pixels, block_p),)
 
 
-def pixel_norm_forward(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    check_inputs("pixel_norm", x)
-    y, r = empty_outputs(x)
+@torch.library.custom_op("progan_fast::pixel_norm", mutates_args=())
+def _pixel_norm_forward(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y, r): r = the fp32 factors that the backward uses with y."""
+    y, r = _empty_outputs(x)
     x3, y3 = pixel_views(x), pixel_views(y)
     num_pixels = r.numel()
     if num_pixels and x.shape[1]:
@@ -99,8 +105,13 @@ def pixel_norm_forward(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch
     return y, r
 
 
-def pixel_norm_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    check_inputs("pixel_norm backward", dy, y)
+@_pixel_norm_forward.register_fake
+def _(x, eps):
+    return _empty_outputs(x)
+
+
+@torch.library.custom_op("progan_fast::pixel_norm_backward", mutates_args=())
+def _pixel_norm_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     dx = torch.empty_like(y)
     dy3, y3, dx3 = pixel_views(dy), pixel_views(y), pixel_views(dx)
     num_pixels = r.numel()
@@ -109,3 +120,30 @@ def pixel_norm_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> t
         _pixel_norm_bwd_kernel[grid](dy3, y3, r, dx3, y.shape[1], y3.shape[2], num_pixels, *dy3.stride(),
                                      *y3.stride(), *dx3.stride(), BLOCK_P=block_p, BLOCK_C=block_c)
     return dx
+
+
+@_pixel_norm_backward.register_fake
+def _(dy, y, r):
+    return torch.empty_like(y)
+
+
+def _save_output(ctx, inputs, output):
+    y, r = output
+    ctx.mark_non_differentiable(r)
+    ctx.save_for_backward(y, r)
+
+
+def _backward(ctx, dy, _dr):
+    y, r = ctx.saved_tensors
+    return _pixel_norm_backward(dy, y, r), None
+
+
+_pixel_norm_forward.register_autograd(_backward, setup_context=_save_output)
+
+
+def pixel_norm_triton(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    check_kernel_dtypes("pixel_norm", x)
+    return _pixel_norm_forward(x, float(eps))[0]
+
+
+pixel_norm_op.register("triton", pixel_norm_triton)

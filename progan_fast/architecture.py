@@ -87,11 +87,11 @@ class GeneratorSkeleton(nn.Module):
         self.widths = Widths(resolution, fmap_base, fmap_max)
         self.resolution, self.num_channels = resolution, num_channels
         self.latent_size = latent_size or self.widths.nf(0)
-        nf = self.widths.channels
+        width = self.widths.channels
         levels = range(self.widths.num_levels)
-        self.blocks = nn.ModuleList([self.make_input_block(self.latent_size, nf(0))] +
-                                    [self.make_block(nf(k - 1), nf(k)) for k in levels[1:]])
-        self.to_rgb = nn.ModuleList([self.make_to_rgb(nf(k), num_channels) for k in levels])
+        self.blocks = nn.ModuleList([self.make_input_block(self.latent_size, width(0))] +
+                                    [self.make_block(width(k - 1), width(k)) for k in levels[1:]])
+        self.to_rgb = nn.ModuleList([self.make_to_rgb(width(k), num_channels) for k in levels])
 
     def make_input_block(self, latent_size: int, channels: int) -> nn.Module:
         raise NotImplementedError
@@ -112,11 +112,11 @@ class DiscriminatorSkeleton(nn.Module):
         super().__init__()
         self.widths = Widths(resolution, fmap_base, fmap_max)
         self.resolution, self.num_channels = resolution, num_channels
-        nf = self.widths.channels
+        width = self.widths.channels
         levels = range(self.widths.num_levels)
-        self.from_rgb = nn.ModuleList([self.make_from_rgb(num_channels, nf(k)) for k in levels])
-        self.blocks = nn.ModuleList([self.make_output_block(nf(0), self.widths.nf(0), mbstd_group_size)] +
-                                    [self.make_block(nf(k), nf(k - 1)) for k in levels[1:]])
+        self.from_rgb = nn.ModuleList([self.make_from_rgb(num_channels, width(k)) for k in levels])
+        self.blocks = nn.ModuleList([self.make_output_block(width(0), self.widths.nf(0), mbstd_group_size)] +
+                                    [self.make_block(width(k), width(k - 1)) for k in levels[1:]])
 
     def make_from_rgb(self, num_channels: int, channels: int) -> nn.Module:
         raise NotImplementedError

@@ -27,8 +27,8 @@ BACKENDS = ("auto", "torch", "triton", "cuda")
 # Storage dtypes of the triton and cuda kernels (their math is fp32); other dtypes run the torch reference or raise.
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ENV_VAR = "PROGAN_FAST_BACKEND"
-# Order in which `auto` tries the accelerated backends of an op.
-AUTO_PREFERENCE = ("triton", "cuda")
+# The accelerated backends, in the order in which `auto` tries them for an op.
+ACCELERATED = ("triton", "cuda")
 
 # A plain module global (not a ContextVar): torch.compile guards on it, so switching backends recompiles.
 _selected: Optional[str] = None
@@ -86,25 +86,29 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
-    if backend == "torch":
+def _triton_unavailable(device: torch.device) -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (pip install triton)"
+    if device.type == "cuda" or (device.type == "cpu" and triton_interpreter_enabled()):
         return None
-    if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
-            return "the triton package is not installed (pip install triton)"
-        if device.type == "cuda":
-            return None
-        if device.type == "cpu" and triton_interpreter_enabled():
-            return None
-        return (f"Triton kernels run on CUDA tensors, got a {device.type} tensor; move the tensors to a GPU, "
-                "or set TRITON_INTERPRET=1 to run the kernels slowly on CPU (for testing)")
-    if backend == "cuda":
-        if device.type != "cuda":
-            return f"the CUDA extension runs on CUDA tensors, got a {device.type} tensor; move the tensors to a GPU"
-        if _CUDA_EXTENSION_PROBE is None:
-            return "the CUDA extension is not part of this build of progan_fast"
-        return _CUDA_EXTENSION_PROBE()
-    raise ValueError(f"unknown backend {backend!r}")
+    return (f"Triton kernels run on CUDA tensors, got a {device.type} tensor; move the tensors to a GPU, "
+            "or set TRITON_INTERPRET=1 (before importing progan_fast) to run the kernels slowly on CPU, for testing")
+
+
+def _cuda_unavailable(device: torch.device) -> Optional[str]:
+    if device.type != "cuda":
+        return f"the CUDA extension runs on CUDA tensors, got a {device.type} tensor; move the tensors to a GPU"
+    if _CUDA_EXTENSION_PROBE is None:
+        return "the CUDA extension is not part of this build of progan_fast"
+    return _CUDA_EXTENSION_PROBE()
+
+
+def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
+    """None when `backend` ("torch" or one of ACCELERATED) can run on `device`, else the reason it cannot."""
+    return None if backend == "torch" else _UNAVAILABLE[backend](device)
+
+
+_UNAVAILABLE = {"triton": _triton_unavailable, "cuda": _cuda_unavailable}
 
 
 OPS: Dict[str, "Op"] = {}  # every op by name, for coverage listings and tests
@@ -121,8 +125,8 @@ class Op:
         OPS[name] = self
 
     def register(self, backend: str, impl: Callable) -> None:
-        if backend not in AUTO_PREFERENCE:
-            raise ValueError(f"{backend!r} is not an accelerated backend ({', '.join(AUTO_PREFERENCE)})")
+        if backend not in ACCELERATED:
+            raise ValueError(f"{backend!r} is not an accelerated backend ({', '.join(ACCELERATED)})")
         self.impls[backend] = impl
 
     def select(self, device: torch.device) -> Callable:
@@ -140,7 +144,7 @@ class Op:
         if device.type != "cuda":  # on CPU the reference is the fastest path
             return self.impls["torch"]
         reasons = []
-        for candidate in AUTO_PREFERENCE:
+        for candidate in ACCELERATED:
             if candidate in self.impls:
                 reason = unavailable_reason(candidate, device)
                 if reason is None:

@@ -27,7 +27,8 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
 
-def lerp(old: torch.Tensor, new: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+def fade(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """The level-of-detail blend, written out: alpha 1 is the new branch only."""
     return old + (new - old) * alpha
 
 
@@ -103,7 +104,7 @@ class Generator(GeneratorSkeleton):
         images = self.to_rgb[level](x)
         if level > 0 and fading(alpha):
             old = F.interpolate(self.to_rgb[level - 1](previous), scale_factor=2.0, mode="nearest")
-            images = lerp(old, images, alpha)
+            images = fade(images, old, alpha)
         return images
 
 
@@ -152,5 +153,5 @@ class Discriminator(DiscriminatorSkeleton):
             x = self.blocks[k](x)
             if k == level and fading(alpha):
                 old = lrelu(self.from_rgb[level - 1](F.avg_pool2d(images, 2)))
-                x = lerp(old, x, alpha)
+                x = fade(x, old, alpha)
         return self.blocks[0](x)

@@ -1,11 +1,10 @@
 """The cuda backend (CUDA C++ extension for the gradient-penalty double-backward path).
 
 Without a GPU (CI): the extension compiles, links, caches and imports (skipped only without nvcc), and its
-autograd Functions, run on the torch formulas of the kernels, pass gradcheck / gradgradcheck in float64 and
-match the torch backend through a discriminator's gradient penalty. On a GPU: every kernel matches its
+custom ops and autograd, run on the torch formulas of the kernels (tests/cuda_formulas.py), pass gradcheck /
+gradgradcheck in float64 and match the torch backend through a discriminator's gradient penalty. On a GPU: every kernel matches its
 formula in fp32 / fp16 / bf16 to second order, and a D step with gradient penalty matches the torch backend.
 """
-import importlib
 import os
 import shutil
 import subprocess
@@ -17,15 +16,16 @@ import torch
 import progan_fast
 import progan_fast.functional as PF
 from progan_fast import backend
-from progan_fast.cuda_extension import KERNEL_SOURCES, CudaExtensionError, build_or_load, find_nvcc, probe, source_dir
-from progan_fast.ops import equalized_conv
-from progan_fast.ops.bias_act import BiasActFormulas, bias_act_cuda, bias_act_reference
-from progan_fast.ops.gradient_penalty import GradientPenaltyFormulas, gradient_penalty_cuda, gradient_penalty_reference
-from progan_fast.ops.minibatch_stddev import MinibatchStdDevFormulas, minibatch_stddev_cuda, minibatch_stddev_reference
-
-# the modules themselves (the package may export functions of the same names)
-extension_module = importlib.import_module("progan_fast.cuda_extension")
-gradient_penalty_module = importlib.import_module("progan_fast.ops.gradient_penalty")
+from progan_fast.csrc import extension
+from progan_fast.csrc.bias_act import bias_act_cuda
+from progan_fast.csrc.extension import KERNEL_SOURCES, CudaExtensionError, build_or_load, find_nvcc, probe, source_dir
+from progan_fast.csrc.gradient_penalty import gradient_penalty_cuda
+from progan_fast.csrc.minibatch_stddev import minibatch_stddev_cuda
+from progan_fast.ops.bias_act import bias_act_reference
+from progan_fast.ops.equalized_conv import equalized_conv2d_op
+from progan_fast.ops.gradient_penalty import gradient_penalty_reference
+from progan_fast.ops.minibatch_stddev import minibatch_stddev_reference
+from cuda_formulas import Formulas, stand_in
 
 
 def nvcc_missing_reason():
@@ -42,14 +42,10 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or nvcc_missing_rea
                                reason="needs a CUDA GPU to run the kernels, and nvcc to build them")
 
 
-class Formulas(BiasActFormulas, MinibatchStdDevFormulas, GradientPenaltyFormulas):
-    """Every kernel's formula, in plain torch, behind the interface of the extension."""
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Build, cache and load (CPU CI with nvcc)
 
-BUILD = "from progan_fast.cuda_extension import cuda_extension; cuda_extension()"
+BUILD = "from progan_fast import cuda_extension; cuda_extension()"
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +115,7 @@ def test_compiler_errors_are_reported_and_leave_no_build(monkeypatch, tmp_path):
     shutil.copytree(source_dir(), broken)
     for name in KERNEL_SOURCES:
         (broken / name).write_text("this is not CUDA\n")
-    monkeypatch.setattr(extension_module, "source_dir", lambda: broken)
+    monkeypatch.setattr(extension, "source_dir", lambda: broken)
     with pytest.raises(CudaExtensionError, match="(?s)nvcc on bias_act.cu failed.*this is not CUDA"):
         build_or_load(tmp_path / "cache")
     assert not [path for path in (tmp_path / "cache" / "cuda_extension").iterdir() if path.is_dir()]
@@ -150,7 +146,13 @@ def test_probe_says_why_the_backend_cannot_run():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The autograd Functions on the kernels' torch formulas, float64 (CPU)
+# The custom ops and their autograd on the kernels' torch formulas, float64 (CPU)
+
+@pytest.fixture
+def formulas():
+    with stand_in(Formulas):
+        yield Formulas
+
 
 def double(*shape, channels_last=False):
     x = torch.randn(*shape, dtype=torch.float64)
@@ -160,22 +162,22 @@ def double(*shape, channels_last=False):
 @pytest.mark.parametrize("shape, dim, channels_last", [((3, 5, 4, 3), 1, False), ((3, 5, 4, 3), 1, True),
                                                        ((6, 7), -1, False), ((5,), 0, False)])
 @pytest.mark.parametrize("activation", ["lrelu", None])
-def test_bias_act_functions_match_reference_and_pass_gradgradcheck(shape, dim, channels_last, activation):
+def test_bias_act_ops_match_reference_and_pass_gradgradcheck(formulas, shape, dim, channels_last, activation):
     x, bias = double(*shape, channels_last=channels_last), double(shape[dim])
 
     def op(x, bias):
-        return bias_act_cuda(x, bias, activation, 0.2, dim, kernels=Formulas)
+        return bias_act_cuda(x, bias, activation, 0.2, dim)
 
     torch.testing.assert_close(op(x, bias), bias_act_reference(x, bias, activation, 0.2, dim), rtol=0, atol=0)
     assert torch.autograd.gradcheck(op, (x, bias))
     assert torch.autograd.gradgradcheck(op, (x, bias))
 
 
-def test_lrelu_gradient_is_differentiable_to_third_order():
+def test_lrelu_gradient_is_differentiable_to_third_order(formulas):
     x, bias, out_grad = double(2, 3, 4, 5), double(3), double(2, 3, 4, 5)
 
     def first_order(x, bias, out_grad):
-        y = bias_act_cuda(x, bias, "lrelu", 0.2, kernels=Formulas)
+        y = bias_act_cuda(x, bias, "lrelu", 0.2)
         return torch.autograd.grad(y, (x, bias), out_grad, create_graph=True)
 
     assert torch.autograd.gradgradcheck(first_order, (x, bias, out_grad))
@@ -183,11 +185,11 @@ def test_lrelu_gradient_is_differentiable_to_third_order():
 
 @pytest.mark.parametrize("shape, group_size, channels_last", [((4, 3, 5, 3), 2, False), ((8, 2, 3, 3), 4, True),
                                                               ((6, 3, 2, 5), 6, False)])
-def test_minibatch_stddev_functions_match_reference_and_pass_gradgradcheck(shape, group_size, channels_last):
+def test_minibatch_stddev_ops_match_reference_and_pass_gradgradcheck(formulas, shape, group_size, channels_last):
     x = double(*shape, channels_last=channels_last)
 
     def op(x):
-        return minibatch_stddev_cuda(x, group_size, 1e-8, kernels=Formulas)
+        return minibatch_stddev_cuda(x, group_size, 1e-8)
 
     torch.testing.assert_close(op(x), minibatch_stddev_reference(x, group_size), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(op, (x,))
@@ -195,18 +197,65 @@ def test_minibatch_stddev_functions_match_reference_and_pass_gradgradcheck(shape
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 4, 4), (3, 7)])
-def test_gradient_penalty_function_matches_reference_and_passes_gradcheck(shape):
+def test_gradient_penalty_op_matches_reference_and_passes_gradcheck(formulas, shape):
     grad = double(*shape)
 
     def op(grad):
-        return gradient_penalty_cuda(grad, 10.0, 1.0, kernels=Formulas)
+        return gradient_penalty_cuda(grad, 10.0, 1.0)
 
     torch.testing.assert_close(op(grad), gradient_penalty_reference(grad), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(op, (grad,))
 
 
+CUSTOM_OP_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def test_cuda_custom_ops_pass_opcheck(formulas):
+    """Schema, fake implementation (shapes, strides, dtypes against the formulas) and autograd registration."""
+    x, bias, y = torch.randn(3, 5, 4, 3), torch.randn(5), torch.randn(3, 5, 4, 3)
+    ops = torch.ops.progan_fast
+    for args in ((x, bias, True, 0.2, 1), (x.contiguous(memory_format=torch.channels_last), None, False, 0.2, 1)):
+        torch.library.opcheck(ops.cuda_bias_act, args, test_utils=CUSTOM_OP_CHECKS)
+    torch.library.opcheck(ops.cuda_lrelu_grad, (x, y, 0.2, 1, True), test_utils=CUSTOM_OP_CHECKS)
+    torch.library.opcheck(ops.cuda_lrelu_masked_grad, (x, bias, y, 0.2, 1), test_utils=CUSTOM_OP_CHECKS)
+    images = torch.randn(8, 3, 4, 4)
+    torch.library.opcheck(ops.cuda_minibatch_stddev, (images, 4, 1e-8), test_utils=CUSTOM_OP_CHECKS)
+    torch.library.opcheck(ops.cuda_minibatch_stddev_backward, (torch.randn(8, 4, 4, 4), images, 4, 1e-8),
+                          test_utils=CUSTOM_OP_CHECKS)
+    torch.library.opcheck(ops.cuda_gradient_penalty, (images, 10.0, 1.0), test_utils=CUSTOM_OP_CHECKS)
+
+
+def test_third_order_through_the_penalty_kernels_is_refused(formulas):
+    """The minibatch-stddev double backward and the penalty backward are once-differentiable: a backward through
+    them raises (torch's once_differentiable; torch.autograd.grad prunes that branch instead)."""
+    x = double(4, 3, 2, 2)
+    y = minibatch_stddev_cuda(x, 2, 1e-8)
+    grad_x, = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+    second, = torch.autograd.grad(grad_x.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        second.sum().backward()
+    grad = double(4, 3)
+    penalty_grad, = torch.autograd.grad(gradient_penalty_cuda(grad), grad, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):  # the saved gradient is not tracked
+        penalty_grad.sum().backward()
+
+
+def test_discriminator_compiles_on_the_cuda_ops(monkeypatch, formulas):
+    """The cuda ops are opaque custom ops: torch.compile traces D through their fake implementations."""
+    monkeypatch.setattr(backend, "unavailable_reason", lambda name, device: None)
+    torch._dynamo.reset()
+    model = tiny_discriminator()
+    images = torch.randn(8, 3, 8, 8)
+    with progan_fast.use_backend("cuda"):
+        expected = model(images)
+        got = torch.compile(model, backend="aot_eager", fullgraph=True)(images)
+    torch.testing.assert_close(got, expected)
+
+
 class CountingFormulas:
-    """The formulas, counting the kernel calls, so a test can see the cuda Functions ran."""
+    """The formulas, counting the kernel calls, so a test can see the cuda ops ran."""
+
+    dtypes = Formulas.dtypes
 
     def __init__(self):
         self.calls = {}
@@ -238,20 +287,17 @@ def tiny_discriminator(device="cpu"):
     return model
 
 
-def test_discriminator_penalty_through_the_cuda_functions_matches_torch(monkeypatch):
+def test_discriminator_penalty_through_the_cuda_ops_matches_torch(monkeypatch):
     """The whole double-backward wiring of the cuda backend, with the formulas standing in for the kernels."""
     model = tiny_discriminator()
     real, fake = torch.randn(2, 8, 3, 8, 8)
     u = torch.rand(8, 1, 1, 1)
     expected = penalty_step_gradients(model, real, fake, u)
-    kernels = CountingFormulas()
     monkeypatch.setattr(backend, "unavailable_reason", lambda name, device: None)
-    monkeypatch.setattr(extension_module, "cuda_kernels", lambda: kernels)
-    monkeypatch.setattr(gradient_penalty_module, "cuda_kernels", lambda: kernels)
-    with progan_fast.use_backend("cuda"):
+    with stand_in(CountingFormulas()) as kernels, progan_fast.use_backend("cuda"):
         got = penalty_step_gradients(model, real, fake, u)
     expected_calls = {"minibatch_stddev_double_backward", "gradient_penalty_backward"}
-    if "cuda" in equalized_conv._op.impls:  # D's convolutions end in the cuda bias_act
+    if "cuda" in equalized_conv2d_op.impls:  # D's convolutions end in the cuda bias_act
         expected_calls |= {"bias_act_forward", "lrelu_masked_grad"}
     assert expected_calls <= set(kernels.calls)
     for g, e in zip(got, expected):
@@ -284,8 +330,9 @@ def derivatives(fn, tensors):
 
 def assert_kernels_match_formulas(fn, tensors, dtype):
     stored = [t.to(dtype) for t in tensors]
-    got = derivatives(lambda *args: fn(*args, kernels=None), stored)
-    expected = derivatives(lambda *args: fn(*args, kernels=Formulas), [t.double() for t in stored])
+    got = derivatives(fn, stored)
+    with stand_in(Formulas):
+        expected = derivatives(fn, [t.double() for t in stored])
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         error = ((g - e).abs().max() / e.abs().max().clamp_min(1e-6)).item()
@@ -305,8 +352,8 @@ def test_bias_act_kernels(dtype, channels_last, activation):
     x, bias = cuda_randn(4, 19, 7, 5, channels_last=channels_last), cuda_randn(19)
     out_grad = cuda_randn(4, 19, 7, 5, channels_last=not channels_last)  # the other layout: exercises the copy
 
-    def op(x, bias, kernels):
-        return bias_act_cuda(x, bias, activation, 0.2, 1, kernels=kernels)
+    def op(x, bias):
+        return bias_act_cuda(x, bias, activation, 0.2, 1)
 
     assert_kernels_match_formulas(op, [x, bias, out_grad], dtype)
 
@@ -314,8 +361,8 @@ def test_bias_act_kernels(dtype, channels_last, activation):
 @needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bias_act_kernels_on_dense_layer_output(dtype):
-    def op(x, bias, kernels):
-        return bias_act_cuda(x, bias, "lrelu", 0.2, -1, kernels=kernels)
+    def op(x, bias):
+        return bias_act_cuda(x, bias, "lrelu", 0.2, -1)
 
     assert_kernels_match_formulas(op, [cuda_randn(9, 33), cuda_randn(33), cuda_randn(9, 33)], dtype)
 
@@ -327,8 +374,8 @@ def test_bias_act_kernels_on_dense_layer_output(dtype):
 def test_minibatch_stddev_kernels(dtype, channels_last, batch, group_size):
     x = cuda_randn(batch, 13, 4, 3, channels_last=channels_last)
 
-    def op(x, kernels):
-        return minibatch_stddev_cuda(x, group_size, 1e-8, kernels=kernels)
+    def op(x):
+        return minibatch_stddev_cuda(x, group_size, 1e-8)
 
     assert_kernels_match_formulas(op, [x, cuda_randn(batch, 14, 4, 3)], dtype)
 
@@ -341,9 +388,10 @@ def test_gradient_penalty_kernels(dtype, shape):
     stored = grad.to(dtype).requires_grad_()
     got = gradient_penalty_cuda(stored)
     expected_input = stored.detach().double().requires_grad_()
-    expected = gradient_penalty_cuda(expected_input, kernels=Formulas)
     got_grad, = torch.autograd.grad(got * 0.7, stored)
-    expected_grad, = torch.autograd.grad(expected * 0.7, expected_input)
+    with stand_in(Formulas):
+        expected = gradient_penalty_cuda(expected_input)
+        expected_grad, = torch.autograd.grad(expected * 0.7, expected_input)
     assert abs(got.item() - expected.item()) <= TOLERANCE[dtype] * abs(expected.item())
     error = ((got_grad.double() - expected_grad).abs().max() / expected_grad.abs().max()).item()
     assert error <= TOLERANCE[dtype], error

@@ -1,7 +1,6 @@
 """The CUDA extension's toolchain through the backend switch: a missing nvcc or C++ compiler gives one warning
 and the torch path under `auto`, an error naming the tool under an explicit `cuda`. tests/test_cuda_extension.py
 covers build_or_load's own errors."""
-import importlib
 import warnings
 
 import pytest
@@ -9,8 +8,7 @@ import torch
 
 import progan_fast
 from progan_fast import backend
-
-extension_module = importlib.import_module("progan_fast.cuda_extension")  # the package exports a function of that name
+from progan_fast.csrc import extension as extension_module
 # torch.cuda.is_available is faked so that the probe gets that far; gradient_penalty has only a cuda implementation,
 # so `auto` has nothing else to try.
 

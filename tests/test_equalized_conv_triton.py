@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import progan_fast
-from progan_fast.ops.equalized_conv import equalized_conv2d, equalized_conv2d_reference, equalized_conv2d_triton
+from progan_fast.kernels.equalized_conv import equalized_conv2d_triton
+from progan_fast.ops.equalized_conv import equalized_conv2d, equalized_conv2d_reference
 from progan_fast.ops.pixel_norm import pixel_norm_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -48,3 +48,23 @@ def test_kernels_ship_inside_the_package_only(tmp_path):
             "assert importlib.util.find_spec('kernels') is None, 'a top-level kernels module is importable'")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
+
+
+def test_the_backends_have_one_import_name(tmp_path):
+    """From the repository root the folders kernels/ and csrc/ are importable as top-level names too: they refuse,
+    naming the one way (progan_fast.kernels, progan_fast.csrc), so the same files never load twice."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name, one_way in (("kernels", "progan_fast.kernels"), ("csrc", "progan_fast.csrc")):
+        result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=root, capture_output=True, text=True)
+        assert result.returncode != 0 and f"the package {one_way}" in result.stderr, result.stderr
+
+
+def test_every_op_module_of_each_backend_is_in_its_package():
+    """kernels/<op>.py and csrc/<op>.py load as submodules of progan_fast and register on their op."""
+    from progan_fast.backend import OPS
+    import progan_fast.csrc.bias_act
+    import progan_fast.kernels.bias_act
+
+    assert progan_fast.kernels.bias_act.__name__ == "progan_fast.kernels.bias_act"
+    assert OPS["bias_act"].impls["triton"] is progan_fast.kernels.bias_act.bias_act_triton
+    assert OPS["bias_act"].impls["cuda"] is progan_fast.csrc.bias_act.bias_act_cuda

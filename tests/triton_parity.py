@@ -14,8 +14,6 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 # Second-order values are products of several rounded terms: a looser bound for the half types.
 SECOND_ORDER_TOLERANCE = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 6e-2}
-# Largest relative error seen per (label, dtype), for reporting.
-WORST_ERRORS = {}
 
 
 def leaves(*shapes: Sequence[int], dtype: torch.dtype = torch.float32, channels_last: bool = False):
@@ -49,12 +47,8 @@ def check_parity(label: str, fn: Callable, inputs: Sequence[torch.Tensor], secon
     dtype = inputs[0].dtype
     expected = _evaluate("torch", fn, inputs, second_order)
     actual = _evaluate("triton", fn, inputs, second_order)
-    worst = 0.0
     for index, (a, e) in enumerate(zip(actual, expected)):
         assert a.shape == e.shape and a.dtype == e.dtype, (index, a.shape, e.shape, a.dtype, e.dtype)
         error = relative_error(a, e)
         tolerance = (SECOND_ORDER_TOLERANCE if index > len(inputs) else TOLERANCE)[dtype]
-        assert error <= tolerance, f"result {index} (0 = output, then gradients): relative error {error:.3g}"
-        worst = max(worst, error)
-    key = (label, str(dtype).replace("torch.", ""))
-    WORST_ERRORS[key] = max(WORST_ERRORS.get(key, 0.0), worst)
+        assert error <= tolerance, f"{label}, result {index} (0 = output, then gradients): relative error {error:.3g}"

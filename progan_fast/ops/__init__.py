@@ -1,3 +1,3 @@
-"""One module per op: its plain-PyTorch reference, its backend dispatch and (with the accelerated
-backends) its autograd Functions. Triton kernels live in `progan_fast.kernels.<op>`, CUDA kernels in
-`csrc/<op>.cu`, layers in `progan_fast.layers`."""
+"""One module per op: its public function, input checks, plain-PyTorch reference and `Op` entry. The backends
+register their implementations on these entries: Triton in `progan_fast.kernels.<op>`, CUDA in
+`progan_fast.csrc.<op>`."""

@@ -1,7 +1,7 @@
 """equalized_linear: dense layer with weight * gain / sqrt(in_features), unscaled bias, optional LeakyReLU.
 
-Acts on the last dimension, like nn.Linear. Reference: `equalized_linear_reference`.
-Layer: `progan_fast.EqualizedLinear`. The accelerated backends run the reference for fp64 inputs (gradient checks).
+Acts on the last dimension, like nn.Linear. Layer: `progan_fast.EqualizedLinear`. Backends (cuBLAS matmul, then
+the backend's bias_act): `progan_fast.kernels.equalized_linear`, `progan_fast.csrc.equalized_linear`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..backend import KERNEL_DTYPES, Op
 from ._checks import check_activation, check_floating, check_same_device
-from .bias_act import bias_act_cuda, bias_act_reference, bias_act_triton
+from .bias_act import bias_act_reference
 from .equalized_conv import equalized_scale
 
 
@@ -22,7 +22,7 @@ def equalized_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: Opti
     return bias_act_reference(y, bias, activation, negative_slope, dim=-1)
 
 
-_op = Op("equalized_linear", equalized_linear_reference)
+equalized_linear_op = Op("equalized_linear", equalized_linear_reference)
 
 
 def equalized_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -38,19 +38,16 @@ def equalized_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                          f"{tuple(weight.shape)}; the last input dim must equal in_features")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"equalized_linear: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
-    return _op(x, weight, bias, gain, activation, negative_slope)
+    return equalized_linear_op(x, weight, bias, gain, activation, negative_slope)
 
 
-def _matmul_then(bias_act_impl):
-    """An accelerated path: the matmul stays on cuBLAS (scaled weight), bias + activation run in bias_act_impl."""
-    def equalized_linear_accelerated(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
-                                     activation: Optional[str], negative_slope: float) -> torch.Tensor:
-        if x.dtype not in KERNEL_DTYPES:  # fp64 (gradient checks): the reference, as equalized_conv2d does
+def matmul_then_bias_act(bias_act_impl):
+    """An accelerated equalized_linear: the matmul stays on cuBLAS (scaled weight), bias + activation run in
+    bias_act_impl (the triton or the cuda bias_act); fp64 (gradient checks) runs the reference."""
+    def equalized_linear_accelerated(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                     gain: float, activation: Optional[str], negative_slope: float) -> torch.Tensor:
+        if x.dtype not in KERNEL_DTYPES:
             return equalized_linear_reference(x, weight, bias, gain, activation, negative_slope)
         y = F.linear(x, (weight * equalized_scale(weight, gain)).to(x.dtype))
         return bias_act_impl(y, bias, activation, negative_slope, dim=-1)
     return equalized_linear_accelerated
-
-
-_op.register("triton", _matmul_then(bias_act_triton))
-_op.register("cuda", _matmul_then(bias_act_cuda))

@@ -6,13 +6,10 @@
 - ``fade_downsample(x, alpha)``: alpha * x + (1 - alpha) * upsample2x(avgpool2x2(x)): reals during a
   transition, from the full-resolution image alone.
 
-alpha is a float in [0, 1] or a 0-dim tensor (kept on the device: no host synchronisation). The triton
-backend does not differentiate with respect to alpha (it raises if a tensor alpha requires grad).
-References: `*_reference`. `upsample2x` / `downsample2x` are the resampling steps of the models.
+alpha is a float in [0, 1] or a 0-dim tensor (kept on the device: no host synchronisation).
+`upsample2x` / `downsample2x` are the resampling steps of the models. Backend: `progan_fast.kernels.fade`.
 """
 from __future__ import annotations
-
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +40,9 @@ def fade_downsample_reference(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     return fade_reference(x, upsample2x(downsample2x(x)), alpha)
 
 
-_fade = Op("fade", fade_reference)
-_fade_upsample = Op("fade_upsample", fade_upsample_reference)
-_fade_downsample = Op("fade_downsample", fade_downsample_reference)
+fade_op = Op("fade", fade_reference)
+fade_upsample_op = Op("fade_upsample", fade_upsample_reference)
+fade_downsample_op = Op("fade_downsample", fade_downsample_reference)
 
 
 def fade(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
@@ -55,7 +52,7 @@ def fade(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     check_floating("fade", new)
     check_floating("fade", old)
     check_same_device("fade", new, old)
-    return _fade(new, old, check_alpha(alpha))
+    return fade_op(new, old, check_alpha(alpha))
 
 
 def fade_upsample(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.Tensor:
@@ -69,7 +66,7 @@ def fade_upsample(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.
     if tuple(low.shape) != (n, c, h // 2, w // 2) or h % 2 or w % 2:
         raise ValueError(f"fade_upsample: low must have shape {(n, c, h // 2, w // 2)} for high of shape "
                          f"{tuple(high.shape)} (even H and W), got {tuple(low.shape)}")
-    return _fade_upsample(high, low, check_alpha(alpha))
+    return fade_upsample_op(high, low, check_alpha(alpha))
 
 
 def fade_downsample(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
@@ -78,135 +75,4 @@ def fade_downsample(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     check_floating("fade_downsample", x)
     if x.shape[2] % 2 or x.shape[3] % 2:
         raise ValueError(f"fade_downsample needs even H and W, got shape {tuple(x.shape)}")
-    return _fade_downsample(x, check_alpha(alpha))
-
-
-# --- triton backend --------------------------------------------------------------------------------------
-# Opaque custom ops, so torch.compile traces the models through their fake implementations. The blends are
-# linear in the feature maps, so each backward is a linear op whose own backward is the forward kernel (or,
-# for the self-adjoint fade_downsample, itself): D's gradient penalty takes a double backward through them.
-# alpha travels as (alpha_tensor, alpha_value): a 0-dim tensor read by the kernel on the device, or a float.
-
-Pair = Tuple[torch.Tensor, torch.Tensor]
-
-
-@torch.library.custom_op("progan_fast::fade", mutates_args=())
-def _fade_op(new: torch.Tensor, old: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
-             alpha_value: float) -> torch.Tensor:
-    from ..kernels.fade import fade_forward
-    return fade_forward(new, old, alpha_tensor, alpha_value)
-
-
-@torch.library.custom_op("progan_fast::fade_grad", mutates_args=())
-def _fade_grad_op(grad: torch.Tensor, alpha_tensor: Optional[torch.Tensor], alpha_value: float) -> Pair:
-    from ..kernels.fade import fade_backward
-    return fade_backward(grad, alpha_tensor, alpha_value)
-
-
-@torch.library.custom_op("progan_fast::fade_upsample", mutates_args=())
-def _fade_upsample_op(high: torch.Tensor, low: torch.Tensor, alpha_tensor: Optional[torch.Tensor],
-                      alpha_value: float) -> torch.Tensor:
-    from ..kernels.fade import fade_upsample_forward
-    return fade_upsample_forward(high, low, alpha_tensor, alpha_value)
-
-
-@torch.library.custom_op("progan_fast::fade_upsample_grad", mutates_args=())
-def _fade_upsample_grad_op(grad: torch.Tensor, alpha_tensor: Optional[torch.Tensor], alpha_value: float) -> Pair:
-    from ..kernels.fade import fade_upsample_backward
-    return fade_upsample_backward(grad, alpha_tensor, alpha_value)
-
-
-@torch.library.custom_op("progan_fast::fade_downsample", mutates_args=())
-def _fade_downsample_op(x: torch.Tensor, alpha_tensor: Optional[torch.Tensor], alpha_value: float) -> torch.Tensor:
-    from ..kernels.fade import fade_downsample_forward
-    return fade_downsample_forward(x, alpha_tensor, alpha_value)
-
-
-@_fade_op.register_fake
-def _fade_fake(new, old, alpha_tensor, alpha_value):
-    from ..kernels._common import dense
-    return torch.empty_like(dense(new))
-
-
-@_fade_grad_op.register_fake
-def _fade_grad_fake(grad, alpha_tensor, alpha_value):
-    from ..kernels._common import dense
-    return torch.empty_like(dense(grad)), torch.empty_like(dense(grad))
-
-
-@_fade_upsample_op.register_fake
-def _fade_upsample_fake(high, low, alpha_tensor, alpha_value):
-    from ..kernels._common import empty_4d
-    return empty_4d(high.shape, high)
-
-
-@_fade_upsample_grad_op.register_fake
-def _fade_upsample_grad_fake(grad, alpha_tensor, alpha_value):
-    from ..kernels._common import empty_4d
-    n, c, h, w = grad.shape
-    return empty_4d(grad.shape, grad), empty_4d((n, c, h // 2, w // 2), grad)
-
-
-@_fade_downsample_op.register_fake
-def _fade_downsample_fake(x, alpha_tensor, alpha_value):
-    from ..kernels._common import empty_4d
-    return empty_4d(x.shape, x)
-
-
-def _save_alpha(ctx, inputs, output):
-    """setup_context of every fade op: alpha is the last two inputs."""
-    alpha_tensor, ctx.alpha_value = inputs[-2:]
-    ctx.save_for_backward(alpha_tensor)
-
-
-def _alpha(ctx) -> Tuple[Optional[torch.Tensor], float]:
-    return ctx.saved_tensors[0], ctx.alpha_value
-
-
-def _fade_backward(ctx, grad):
-    return (*_fade_grad_op(grad, *_alpha(ctx)), None, None)
-
-
-def _fade_grad_backward(ctx, grad_new, grad_old):
-    return _fade_op(grad_new, grad_old, *_alpha(ctx)), None, None
-
-
-def _fade_upsample_backward(ctx, grad):
-    return (*_fade_upsample_grad_op(grad, *_alpha(ctx)), None, None)
-
-
-def _fade_upsample_grad_backward(ctx, grad_high, grad_low):
-    return _fade_upsample_op(grad_high, grad_low, *_alpha(ctx)), None, None
-
-
-def _fade_downsample_backward(ctx, grad):
-    return _fade_downsample_op(grad, *_alpha(ctx)), None, None
-
-
-for _custom_op, _backward in ((_fade_op, _fade_backward), (_fade_grad_op, _fade_grad_backward),
-                              (_fade_upsample_op, _fade_upsample_backward),
-                              (_fade_upsample_grad_op, _fade_upsample_grad_backward),
-                              (_fade_downsample_op, _fade_downsample_backward)):
-    _custom_op.register_autograd(_backward, setup_context=_save_alpha)
-
-
-def _split_alpha(op: str, alpha: Alpha, device: torch.device) -> Tuple[Optional[torch.Tensor], float]:
-    from ..kernels._common import split_alpha
-    return split_alpha(op, alpha, device)
-
-
-def _fade_triton(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
-    return _fade_op(new, old, *_split_alpha("fade", alpha, new.device))
-
-
-def _fade_upsample_triton(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.Tensor:
-    return _fade_upsample_op(high, low, *_split_alpha("fade_upsample", alpha, high.device))
-
-
-def _fade_downsample_triton(x: torch.Tensor, alpha: Alpha) -> torch.Tensor:
-    return _fade_downsample_op(x, *_split_alpha("fade_downsample", alpha, x.device))
-
-
-_fade.register("triton", _fade_triton)
-_fade_upsample.register("triton", _fade_upsample_triton)
-_fade_downsample.register("triton", _fade_downsample_triton)
+    return fade_downsample_op(x, check_alpha(alpha))

@@ -1,8 +1,8 @@
-"""Build, cache and load the CUDA extension of the ``cuda`` backend (sources in ``csrc/``).
+"""Build, cache and load the CUDA extension of the ``cuda`` backend (the sources beside this file).
 
-``cuda_extension()`` compiles it on first use, in two steps: the kernels (``csrc/*.cu``, CUDA headers only)
+``cuda_extension()`` compiles it on first use, in two steps: the kernels (``*.cu``, CUDA headers only)
 with nvcc into a small shared library that carries the CUDA runtime statically, then the Python binding
-(``csrc/progan_fast_cuda.cpp``, torch's CPU-side headers only) with ``torch.utils.cpp_extension.load`` and
+(``progan_fast_cuda.cpp``, torch's CPU-side headers only) with ``torch.utils.cpp_extension.load`` and
 ninja, linked against that library. Neither step needs torch's CUDA headers, so a CPU-only torch with nvcc
 installed builds it too (it then runs nothing, but CI can check that it compiles, links and imports).
 
@@ -31,8 +31,9 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from . import backend
-from .cache import CACHE_ENV_VAR, cache_root
+from progan_fast import backend
+from progan_fast.backend import KERNEL_DTYPES
+from progan_fast.cache import CACHE_ENV_VAR, cache_root
 
 # SASS for Ampere (sm_80) and Hopper (sm_90), plus compute_90 PTX that newer GPUs compile when loading.
 NVCC_FLAGS = ("-O3", "-std=c++17", "-Xcompiler", "-fPIC",
@@ -47,13 +48,8 @@ class CudaExtensionError(RuntimeError):
 
 
 def source_dir() -> Path:
-    """``csrc`` shipped inside the installed package, else next to the package in a source checkout."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "csrc", package.parent / "csrc"):
-        if (candidate / BINDING_SOURCE).is_file():
-            return candidate
-    raise CudaExtensionError("the CUDA sources (csrc/) are not part of this installation of progan_fast; "
-                             "install it from a source checkout (pip install .) to use the cuda backend")
+    """The folder of the CUDA sources: this package's own."""
+    return Path(__file__).resolve().parent
 
 
 def find_nvcc() -> str:
@@ -218,7 +214,10 @@ def cuda_extension() -> ModuleType:
 
 
 class CudaKernels:
-    """The extension's functions, each called with the current CUDA stream of its first tensor appended."""
+    """The extension's functions, each called with the current CUDA stream of its first tensor appended.
+    `dtypes`: the storage types they take (the cuda ops run the torch reference for others)."""
+
+    dtypes = KERNEL_DTYPES
 
     def __init__(self, module: ModuleType):
         self._module = module
