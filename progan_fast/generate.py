@@ -11,7 +11,8 @@ from typing import List, Optional
 import torch
 
 from .metrics.swd import to_uint8
-from .training.networks import default_device, load_generator
+from .training.checkpoint import CheckpointError
+from .training.run_state import default_device, load_generator
 from .training.reporting import image_grid, save_png
 
 
@@ -38,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     device = torch.device(args.device) if args.device else default_device()
     try:
         G, state, _ = load_generator(args.checkpoint, device, ema=not args.raw)
-    except FileNotFoundError as error:
+    except CheckpointError as error:
         parser.error(str(error))
     res = args.resolution or state["resolution"]
     alpha = state["alpha"] if args.alpha is None else args.alpha

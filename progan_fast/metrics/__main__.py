@@ -7,9 +7,10 @@ from typing import List, Optional
 
 import torch
 
+from ..training.checkpoint import CheckpointError
 from ..training.data import RealImages, prepare_cache
 from ..training.loop import evaluate_swd
-from ..training.networks import default_device, load_generator
+from ..training.run_state import default_device, load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     device = torch.device(args.device) if args.device else default_device()
     try:
         G, state, config = load_generator(args.checkpoint, device)
-    except FileNotFoundError as error:
+    except CheckpointError as error:
         parser.error(str(error))
     res = args.resolution or state["resolution"]
     alpha = state["alpha"] if res == state["resolution"] else 1.0

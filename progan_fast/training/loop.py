@@ -37,10 +37,9 @@ from .. import functional as PF
 from ..backend import set_backend
 from ..metrics.swd import swd, to_uint8
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, build_networks
 from .data import RealImages, prepare_cache
 from .distributed import Distributed
-from .networks import build_networks
 from .reporting import Reporter, image_grid, save_png
 from .schedule import Phase, Schedule
 
@@ -131,7 +130,7 @@ class Trainer:
             run_dir = new_run_dir(Path("runs"), f"{Path(config.data).name if config.data else 'digits'}-"
                                                 f"{config.resolution}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write(run_dir / "config.json", json.dumps(config.to_json(), indent=1).encode())
+        ckpt.write_bytes_durably(run_dir / "config.json", json.dumps(config.to_json(), indent=1).encode())
         return run_dir
 
     def _tidy_run_dir(self, resume: Optional[Path]) -> None:
@@ -254,7 +253,7 @@ class Trainer:
         if self.stop_signal is not None:
             summary["stopped_by_signal"] = signal.Signals(self.stop_signal).name
         if self.dist.is_main:
-            ckpt.atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode())
+            ckpt.write_bytes_durably(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode())
         return summary
 
     def _train(self) -> None:
@@ -370,7 +369,7 @@ class Trainer:
             samples = self.sample(self.grid_latents, phase.resolution, alpha)
             scale = max(1, min(self.config.resolution, GRID_CELL) // phase.resolution)  # same size at every stage
             grid = image_grid(samples, self.config.grid_shape[0], scale)
-            ckpt.write_atomically(self.run_dir / f"fakes-{self.shown:09d}.png", lambda path: save_png(grid, path))
+            ckpt.replace_atomically(self.run_dir / f"fakes-{self.shown:09d}.png", lambda path: save_png(grid, path))
             self.reporter.image("samples", grid, self.shown)
 
     @torch.no_grad()
@@ -386,7 +385,7 @@ class Trainer:
         index, flip = self.data.indices(0, count)
         reals = self.data.to_device(self.data.read(index, flip, self.config.resolution))
         grid = image_grid(reals, self.config.grid_shape[0])
-        ckpt.write_atomically(self.run_dir / "reals.png", lambda path: save_png(grid, path))
+        ckpt.replace_atomically(self.run_dir / "reals.png", lambda path: save_png(grid, path))
         self.reporter.image("reals", grid, 0)
 
     def _evaluate(self, res: int) -> None:
@@ -429,6 +428,8 @@ class Trainer:
     def _load(self, checkpoint: Path) -> None:
         try:
             self._load_verified(checkpoint)
+        except ckpt.CheckpointError:  # its message already names the file and the problem
+            raise
         except (KeyError, ValueError, TypeError, RuntimeError) as error:  # verified files that do not fit together
             raise ckpt.CheckpointError(f"checkpoint {str(checkpoint)!r} does not fit this version of progan_fast "
                                        f"or was edited ({type(error).__name__}: {error}); resume from another "

@@ -1,23 +1,16 @@
-"""Building the networks of a run from its configuration, and loading them back from a checkpoint."""
+"""Reading a checkpoint back: the generator alone, for sampling and metrics. The files and their safety checks
+are checkpoint.py's."""
 from __future__ import annotations
 
 from typing import Tuple
 
 import torch
 
-from ..models import Discriminator, Generator
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, build_networks
 
 
-def build_networks(config: TrainConfig) -> Tuple[Generator, Discriminator]:
-    G = Generator(config.resolution, 3, config.latent_size, config.fmap_base, config.fmap_max)
-    D = Discriminator(config.resolution, 3, config.fmap_base, config.fmap_max,
-                      mbstd_group_size=config.mbstd_group_size)
-    return G, D
-
-
-def load_generator(path: str, device="cpu", ema: bool = True) -> Tuple[Generator, dict, TrainConfig]:
+def load_generator(path: str, device="cpu", ema: bool = True) -> Tuple[torch.nn.Module, dict, TrainConfig]:
     """The (EMA) generator of a checkpoint or run folder, its training state (JSON) and its configuration."""
     checkpoint = ckpt.find_checkpoint(path)
     state, _ = ckpt.load_state(checkpoint)
@@ -28,5 +21,5 @@ def load_generator(path: str, device="cpu", ema: bool = True) -> Tuple[Generator
 
 
 def default_device() -> torch.device:
+    """Where the commands that read a checkpoint run without --device: the GPU if there is one."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
