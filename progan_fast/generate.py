@@ -10,10 +10,9 @@ from typing import List, Optional
 
 import torch
 
-from .metrics.swd import to_uint8
+from .images import image_grid, sample_images, save_png, to_uint8
 from .training.checkpoint import CheckpointError
 from .training.run_state import default_device, load_generator
-from .training.reporting import image_grid, save_png
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +47,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     latents = torch.stack([torch.randn(G.latent_size, generator=torch.Generator().manual_seed(args.seed + i))
                            for i in range(args.num)]).to(device)
     try:
-        with torch.no_grad():
-            images = torch.cat([G(z, res, alpha).float() for z in latents.split(64)])
+        images = sample_images(G, latents, res, alpha)
     except ValueError as error:
         parser.error(str(error))
     written = []
