@@ -55,7 +55,7 @@ phase "training-step table" "$OUT/training_steps.log" \
   "$PYTHON" -m pytest benchmarks/test_training_steps.py -q -p no:cacheprovider
 
 echo
-"$PYTHON" -m progan_fast.benchmarking summary "$OUT"
+"$PYTHON" -m benchmarks.harness.reports summary "$OUT"
 echo
 cat "$OUT/phases.txt"
 echo "full results: $OUT"

@@ -3,11 +3,12 @@ shapes of ProGAN training, forward, backward and forward+backward. Outputs and g
 against the torch backend in fp32 before timing."""
 import pytest
 
-from progan_fast import benchmarking
+from benchmarks.harness import cases, kernels, timing
+from benchmarks.harness.device import l2_cache_bytes
 
-SWEEP = benchmarking.Sweep.from_env()
-CASES = benchmarking.op_cases(SWEEP.resolutions, SWEEP.dtypes)
-CLOCK = benchmarking.CudaEventClock()
+SWEEP = cases.Sweep.from_env()
+CASES = cases.op_cases(SWEEP.resolutions, SWEEP.dtypes)
+CLOCK = timing.CudaEventClock()
 _check_results = {}  # (case id, backend) -> largest relative error against fp32, or the mismatch message
 
 
@@ -15,7 +16,7 @@ def _checked(case, backend, device):
     key = (case.id, backend)
     if key not in _check_results:
         try:
-            _check_results[key] = benchmarking.check_against_torch(case, backend, device)
+            _check_results[key] = kernels.check_against_torch(case, backend, device)
         except AssertionError as mismatch:
             _check_results[key] = str(mismatch)
     if isinstance(_check_results[key], str):
@@ -28,7 +29,7 @@ def _checked(case, backend, device):
     pytest.param(case, backend, pass_, id=f"{case.id}-{pass_}-{backend}")
     for case in CASES for pass_ in case.passes for backend in case.backends])
 def test_kernel(benchmark, case, backend, pass_, device, ceilings, kernel_budget, kernel_rows):
-    reason = benchmarking.backend_skip_reason(case, backend, device)
+    reason = kernels.backend_skip_reason(case, backend, device)
     if reason:
         pytest.skip(reason)
     if kernel_budget.spent():
@@ -36,12 +37,12 @@ def test_kernel(benchmark, case, backend, pass_, device, ceilings, kernel_budget
     max_error = _checked(case, backend, device)
     set_bytes = case.cost("forward")[1]
     input_sets = [case.make_inputs(device, seed)
-                  for seed in range(benchmarking.rotation_count(set_bytes, benchmarking.l2_cache_bytes(device)))]
-    call = benchmarking.timed_call(case, backend, pass_, input_sets)
-    rounds, iterations = benchmarking.plan_rounds(benchmarking.gpu_median_seconds(call, warmup=3, reps=5),
-                                                  SWEEP.seconds_per_benchmark)
+                  for seed in range(timing.rotation_count(set_bytes, l2_cache_bytes(device)))]
+    call = kernels.timed_call(case, backend, pass_, input_sets)
+    rounds, iterations = timing.plan_rounds(timing.gpu_median_seconds(call, warmup=3, reps=5),
+                                            SWEEP.seconds_per_benchmark)
     benchmark.group = f"{case.id} {pass_}"
     benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1)
-    row = benchmarking.kernel_row(case, backend, pass_, benchmark.stats.stats.median, ceilings, max_error)
+    row = kernels.kernel_row(case, backend, pass_, benchmark.stats.stats.median, ceilings, max_error)
     benchmark.extra_info.update(row)
     kernel_rows.append(row)

@@ -10,9 +10,9 @@ from typing import List, Optional
 
 import torch
 
-from .metrics.swd import to_uint8
-from .training.networks import default_device, load_generator
-from .training.reporting import image_grid, save_png
+from .images import image_grid, sample_images, save_png, to_uint8
+from .training.checkpoint import CheckpointError
+from .training.run_state import default_device, load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     device = torch.device(args.device) if args.device else default_device()
     try:
         G, state, _ = load_generator(args.checkpoint, device, ema=not args.raw)
-    except FileNotFoundError as error:
+    except CheckpointError as error:
         parser.error(str(error))
     res = args.resolution or state["resolution"]
     alpha = state["alpha"] if args.alpha is None else args.alpha
@@ -47,8 +47,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     latents = torch.stack([torch.randn(G.latent_size, generator=torch.Generator().manual_seed(args.seed + i))
                            for i in range(args.num)]).to(device)
     try:
-        with torch.no_grad():
-            images = torch.cat([G(z, res, alpha).float() for z in latents.split(64)])
+        images = sample_images(G, latents, res, alpha)
     except ValueError as error:
         parser.error(str(error))
     written = []

@@ -28,7 +28,7 @@ def config_from_args(argv: Optional[List[str]] = None):
             state, _ = ckpt.load_state(checkpoint)
             return merge_for_resume(TrainConfig.from_json(state["config"]), args), checkpoint
         return resolve(args), None
-    except (ValueError, FileNotFoundError, argparse.ArgumentTypeError) as error:
+    except (ValueError, ckpt.CheckpointError, argparse.ArgumentTypeError) as error:
         parser.error(str(error))
 
 

@@ -14,7 +14,7 @@ import torch
 
 from progan_fast import train
 from progan_fast.training import checkpoint as ckpt
-from progan_fast.training.networks import load_generator
+from progan_fast.training.run_state import load_generator
 
 TINY = ["--fmap-base", "64", "--fmap-max", "16", "--latent-size", "16", "--progress", "off", "--grid", "2x2",
         "--tensorboard", "off", "--swd-images", "0", "--resolution", "8", "--minibatch", "4:4,8:4",

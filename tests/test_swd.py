@@ -1,10 +1,16 @@
-"""SWD against hand-computed cases and its basic behaviour on image sets."""
+"""SWD against hand-computed cases, its basic behaviour on image sets, and the SWD of a generator."""
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from progan_fast import reference
+from progan_fast.images import to_uint8
+from progan_fast.metrics import generator_swd
 from progan_fast.metrics.swd import (laplacian_pyramid, normalize_descriptors, pyr_down, pyr_up, pyramid_resolutions,
-                                     random_patches, sliced_wasserstein, swd, to_uint8)
+                                     random_patches, sliced_wasserstein, swd)
 
 
 def smooth_images(n, res, seed, blur=True):
@@ -73,3 +79,33 @@ def test_to_uint8_and_shape_errors():
         swd(torch.zeros(2, 3, 16, 16), torch.zeros(3, 3, 16, 16))
     with pytest.raises(ValueError, match="at least 7x7"):
         swd(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4))
+
+
+class ShowsTheseImages(torch.nn.Module):
+    """A "generator" whose samples are given images in [-1, 1], whatever the latents."""
+
+    latent_size = 8
+
+    def __init__(self, images):
+        super().__init__()
+        self.images = images
+
+    def forward(self, z, res, alpha=1.0):
+        return self.images[:len(z)]
+
+
+def test_generator_swd_compares_samples_with_the_reals():
+    reals = smooth_images(48, 16, seed=1)
+    as_floats = reals.float() / 127.5 - 1
+    assert generator_swd(ShowsTheseImages(as_floats), reals, 16)["mean"] == 0.0
+    noise = smooth_images(48, 16, seed=3, blur=False).float() / 127.5 - 1
+    assert generator_swd(ShowsTheseImages(noise), reals, 16)["mean"] > 0
+    G = reference.Generator(16, fmap_base=32, fmap_max=16).eval()
+    assert generator_swd(G, reals, 16, seed=5) == generator_swd(G, reals, 16, seed=5)  # same seed, same latents
+    assert generator_swd(G, reals, 16, seed=5) != generator_swd(G, reals, 16, seed=6)
+
+
+def test_the_metrics_library_does_not_need_the_trainer():
+    code = ("import sys, progan_fast.metrics; "
+            "assert not [name for name in sys.modules if name.startswith('progan_fast.training')]")
+    subprocess.run([sys.executable, "-c", code], check=True)

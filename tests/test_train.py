@@ -143,22 +143,22 @@ def tiny_trainer(tmp_path, cache_dir, amp="off"):
     args = build_parser().parse_args(TINY + ["--resolution", "8", "--minibatch", "4:8,8:8", "--out", str(tmp_path),
                                              "--cache-dir", cache_dir, "--tensorboard", "off", "--amp", amp])
     trainer = Trainer(resolve(args))
-    trainer._new_optimizers(8)
+    trainer.gan.new_optimizers(8)
     return trainer
 
 
 def test_gradient_penalty_is_unscaled_before_its_norm(tmp_path, cache_dir):
     plain = tiny_trainer(tmp_path / "a", cache_dir)
     scaled = tiny_trainer(tmp_path / "b", cache_dir)
-    scaled.d_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaled.gan.d_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     phase = plain.schedule.phase_at(plain.schedule.resolution_end(4))  # fade-in at 8x8
     reals = plain.data.batch(0, 8, 8)
     z, u = torch.randn(8, 16), torch.rand(8, 1, 1, 1)
     alpha = torch.tensor(0.3)
-    stats_plain = plain._d_step(reals, z, u, phase.resolution, alpha)
-    stats_scaled = scaled._d_step(reals, z, u, phase.resolution, alpha)
+    stats_plain = plain.gan.d_step(reals, z, u, phase.resolution, alpha)
+    stats_scaled = scaled.gan.d_step(reals, z, u, phase.resolution, alpha)
     torch.testing.assert_close(stats_scaled, stats_plain, rtol=1e-6, atol=0)  # loss and penalty
-    for p, q in zip(plain.D.parameters(), scaled.D.parameters()):
+    for p, q in zip(plain.gan.D.parameters(), scaled.gan.D.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
 
 
@@ -166,11 +166,11 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, cache_dir):
     trainer = tiny_trainer(tmp_path, cache_dir)
     phase = trainer.schedule.phases[-1]
     trainer.train_step(phase)
-    before = [p.detach().clone() for p in trainer.D.parameters()]
+    before = [p.detach().clone() for p in trainer.gan.D.parameters()]
     trainer.data.batch = lambda *args: torch.full((8, 3, 8, 8), float("nan"))
     trainer.train_step(phase)
-    assert trainer.skipped.item() == 1  # the D step; the G step does not see the reals
-    assert all(torch.equal(p, q) for p, q in zip(trainer.D.parameters(), before))
+    assert trainer.gan.skipped.item() == 1  # the D step; the G step does not see the reals
+    assert all(torch.equal(p, q) for p, q in zip(trainer.gan.D.parameters(), before))
 
 
 def test_presets_and_schedule():
@@ -194,8 +194,8 @@ def test_mixed_precision_steps_are_finite(tmp_path, cache_dir, amp):
     trainer = tiny_trainer(tmp_path, cache_dir, amp)
     for step in range(3):
         trainer.train_step(trainer.schedule.phases[-1])
-    assert torch.isfinite(trainer.stats).all()
-    assert trainer.skipped.item() <= 1  # fp16 may skip the first step while the loss scale settles
+    assert torch.isfinite(trainer.gan.stats).all()
+    assert trainer.gan.skipped.item() <= 1  # fp16 may skip the first step while the loss scale settles
 
 
 def test_generate_and_metrics_commands(full_run, tmp_path, capsys):

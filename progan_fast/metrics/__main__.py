@@ -7,9 +7,10 @@ from typing import List, Optional
 
 import torch
 
+from ..training.checkpoint import CheckpointError
 from ..training.data import RealImages, prepare_cache
-from ..training.loop import evaluate_swd
-from ..training.networks import default_device, load_generator
+from ..training.run_state import default_device, load_generator
+from .evaluate import generator_swd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     device = torch.device(args.device) if args.device else default_device()
     try:
         G, state, config = load_generator(args.checkpoint, device)
-    except FileNotFoundError as error:
+    except CheckpointError as error:
         parser.error(str(error))
     res = args.resolution or state["resolution"]
     alpha = state["alpha"] if res == state["resolution"] else 1.0
@@ -42,8 +43,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     cache = prepare_cache(args.data or config.data, config.resolution, args.cache_dir or config.cache_dir)
     data = RealImages(cache, args.seed, False, device, channels_last=False)
     count = min(args.num_images, data.count)
+    reals = data.evaluation_reals(count, res, args.seed, alpha)
     result = {"resolution": res, "alpha": alpha, "images": count,
-              "swd_x1e3": evaluate_swd(G, data, res, count, args.seed, device, alpha=alpha)}
+              "swd_x1e3": generator_swd(G, reals, res, alpha, args.seed)}
     print(json.dumps(result, indent=1))
     return result
 

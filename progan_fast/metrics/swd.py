@@ -128,7 +128,3 @@ def swd(images_a: torch.Tensor, images_b: torch.Tensor, patches_per_image: int =
     result["mean"] = sum(result.values()) / len(resolutions)
     return result
 
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 [0, 255] (the official conversion: round, clip)."""
-    return (images.float() * 127.5 + 127.5).round_().clamp_(0, 255).to(torch.uint8)

@@ -44,9 +44,9 @@ WRITE_DELAY_ENV = "PROGAN_FAST_CHECKPOINT_WRITE_DELAY"
 HOW_TO_RESUME = "give a run folder or one of its checkpoints/step-XXXXXXXX folders"
 
 
-class CheckpointError(FileNotFoundError):
-    """No usable checkpoint at a path (missing, damaged, foreign or incompatible). A FileNotFoundError, so every
-    command that takes a checkpoint reports it as a bad argument."""
+class CheckpointError(Exception):
+    """No usable checkpoint at a path (missing, damaged, foreign or incompatible); the message says which and what
+    to give instead. Every command that takes a checkpoint reports it as a bad argument (exit status 2)."""
 
 
 def cpu_tensors(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -76,7 +76,7 @@ def optimizer_from_flat(tensors: Dict[str, torch.Tensor], meta: dict, prefix: st
 # ------------------------------------------------------------------------------------------------
 # Writing.
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_and_fsync(path: Path, data: bytes) -> None:
     with open(path, "wb") as file:
         file.write(data)
         file.flush()
@@ -92,17 +92,21 @@ def _fsync_folder(folder: Path) -> None:
             os.close(descriptor)
 
 
-def write_atomically(path: Path, write) -> None:
+def replace_atomically(path: Path, write) -> None:
     """Call write(temporary path), then rename it to `path`: readers see the old file or the new one, never a
-    part of one. The temporary name keeps the extension (image writers pick the format from it)."""
+    part of one. Not fsynced: after a power loss the file may be the old one or missing, which suits files that
+    training does not read back (sample grids). The temporary name keeps the extension (image writers pick the
+    format from it)."""
     path = Path(path)
     temporary = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{path.name}")
     write(temporary)
     os.replace(temporary, path)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    write_atomically(path, lambda temporary: _write_durably(temporary, data))
+def write_bytes_durably(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, fsyncing the file and its folder: once this returns, the new file
+    survives a power loss."""
+    replace_atomically(path, lambda temporary: _write_and_fsync(temporary, data))
     _fsync_folder(Path(path).parent)
 
 
@@ -122,11 +126,11 @@ def save_checkpoint(run_dir: Path, step: int, weights: Dict[str, Dict[str, torch
     files = {}
     for name, serialize in serializers.items():  # one file in memory at a time
         data = serialize()
-        _write_durably(temporary / name, data)
+        _write_and_fsync(temporary / name, data)
         files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         time.sleep(delay)
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "files": files}
-    _write_durably(temporary / MANIFEST, json.dumps(manifest, indent=1).encode())
+    _write_and_fsync(temporary / MANIFEST, json.dumps(manifest, indent=1).encode())
     _fsync_folder(temporary)
     os.replace(temporary, final)
     _fsync_folder(folder)

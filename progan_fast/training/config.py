@@ -1,4 +1,4 @@
-"""Training options: presets, the command-line parser and the resolved configuration.
+"""Training options: presets, the command-line parser, the resolved configuration and the networks it describes.
 
 Every number of a preset can be overridden on the command line. Options split in two: training options define
 the run (changing one would make a resumed run a different run, so a resume refuses that), and run-control
@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from types import ModuleType
+from typing import Dict, Optional, Tuple
+
+from torch import nn
+
+from .. import models as fast_models
+from ..backend import BACKENDS
 
 OFFICIAL_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 QUICK_MINIBATCH = {4: 64, 8: 64, 16: 32, 32: 32, 64: 16, 128: 16, 256: 8, 512: 4, 1024: 4}
@@ -19,7 +25,6 @@ PRESETS = {
     "official": dict(stable_kimg=600.0, fade_kimg=600.0, minibatch=OFFICIAL_MINIBATCH, fmap_base=8192, fmap_max=512,
                      tick_kimg=160.0, swd_images=8192),
     # Small networks and short phases: demos on a CPU and CI.
-    # The default 4x4 -> 32x32 run on the built-in digits takes about 15 minutes on one CPU core.
     "quick": dict(stable_kimg=10.0, fade_kimg=10.0, minibatch=QUICK_MINIBATCH, fmap_base=256, fmap_max=64,
                   tick_kimg=2.0, swd_images=1024),
 }
@@ -185,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed of weights, latents, data order and flips (0)")
     run.add_argument("--amp", choices=AMP_MODES, help="mixed precision: bf16, fp16 (dynamic loss scaling) or off; "
                      "auto = bf16 on GPUs that support it, else off (auto)")
-    run.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), help="progan_fast op backend (auto)")
+    run.add_argument("--backend", choices=BACKENDS, help="progan_fast op backend (auto)")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (auto: the local GPU if there is one)")
     run.add_argument("--channels-last", choices=("auto", "on", "off"), help="channels_last memory format "
                      "(auto: on for CUDA)")
@@ -204,14 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def preset_config(name: str) -> TrainConfig:
+    """The values of preset `name`, every other option at its default."""
+    config = TrainConfig(preset=name)
+    for key, value in PRESETS[name].items():
+        setattr(config, key, dict(value) if isinstance(value, dict) else value)
+    return config
+
+
 def resolve(args: argparse.Namespace) -> TrainConfig:
     """Preset values, then the options given on the command line."""
     given = {key: value for key, value in vars(args).items() if value is not None}
-    preset_name = given.get("preset") or ("official" if given.get("data") else "quick")
-    config = TrainConfig(preset=preset_name)
-    preset = PRESETS[preset_name]
-    for key, value in preset.items():
-        setattr(config, key, dict(value) if isinstance(value, dict) else value)
+    config = preset_config(given.get("preset") or ("official" if given.get("data") else "quick"))
     config.resolution = FOLDER_RESOLUTION if given.get("data") else BUILTIN_RESOLUTION
     for key, value in given.items():
         if key == "minibatch":
@@ -263,3 +272,12 @@ def check(config: TrainConfig) -> None:
     if config.max_steps is not None and config.max_steps < 0:
         raise ValueError(f"--max-steps must be >= 0, got {config.max_steps}")
     parse_grid(config.grid)
+
+
+def build_networks(config: TrainConfig, models: ModuleType = fast_models) -> Tuple[nn.Module, nn.Module]:
+    """G and D of the configuration, from `models`: progan_fast.models, or progan_fast.reference for the plain
+    PyTorch networks (same constructors and parameter names)."""
+    G = models.Generator(config.resolution, 3, config.latent_size, config.fmap_base, config.fmap_max)
+    D = models.Discriminator(config.resolution, 3, config.fmap_base, config.fmap_max,
+                             mbstd_group_size=config.mbstd_group_size)
+    return G, D

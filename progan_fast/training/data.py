@@ -29,7 +29,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .. import functional as PF
 from ..cache import cache_root
+from ..images import to_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CACHE_FORMAT = 1
@@ -274,6 +276,16 @@ class RealImages:
         images = self.levels[resolution][index]
         images[flip] = images[flip, :, ::-1]
         return images
+
+    def evaluation_reals(self, count: int, resolution: int, seed: int, alpha: float = 1.0) -> torch.Tensor:
+        """uint8 [count, 3, res, res] on the device: the reals that metrics compare samples with. A random subset
+        drawn with `seed` (the same for every evaluation with that seed), never flipped, and blended like the
+        reals of a training step when alpha < 1."""
+        index = torch.randperm(self.count, generator=torch.Generator().manual_seed(seed + 3))[:count].numpy()
+        reals = self.to_device(self.read(index, np.zeros(len(index), bool), resolution))
+        if alpha < 1.0:
+            reals = PF.fade_downsample(reals, alpha)
+        return to_uint8(reals)
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [-1, 1] [N, 3, H, W]; the NHWC source is already channels_last."""

@@ -1,34 +1,11 @@
-"""What a run shows and writes: tqdm progress, a JSONL log, TensorBoard scalars and images, PNG grids."""
+"""What a run shows and writes as it goes: tqdm progress, a JSONL log, TensorBoard scalars and images."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
-
-from ..metrics.swd import to_uint8
-
-
-def image_grid(images: torch.Tensor, cols: int, scale: int = 1) -> np.ndarray:
-    """Images in [-1, 1] [N, C, H, W] -> one uint8 HWC grid, `cols` wide, each image enlarged `scale` times."""
-    pixels = to_uint8(images).cpu()
-    if scale > 1:
-        pixels = pixels.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    n, c, h, w = pixels.shape
-    rows = math.ceil(n / cols)
-    grid = torch.zeros(rows * cols, c, h, w, dtype=torch.uint8)
-    grid[:n] = pixels
-    grid = grid.reshape(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
-    return grid.numpy()
-
-
-def save_png(grid: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(grid).save(path)
 
 
 class Reporter:
