@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from progan_fast import models, reference
-from progan_fast.backend import AUTO_PREFERENCE, unavailable_reason, use_backend
+from progan_fast.backend import ACCELERATED, unavailable_reason, use_backend
 from progan_fast.training.config import TrainConfig, build_networks, preset_config
 from progan_fast.training.schedule import Schedule
 from progan_fast.training.step import TrainStep
@@ -55,7 +55,7 @@ REFERENCE_COLUMNS = (
 def step_columns(device) -> List[StepColumn]:
     """The reference columns, then progan_fast bf16 on each accelerated backend that can run here."""
     fast = [StepColumn(f"progan_fast {name} bf16", fast=True, backend=name, autocast_dtype=torch.bfloat16)
-            for name in AUTO_PREFERENCE if unavailable_reason(name, torch.device(device)) is None]
+            for name in ACCELERATED if unavailable_reason(name, torch.device(device)) is None]
     return list(REFERENCE_COLUMNS) + fast
 
 
