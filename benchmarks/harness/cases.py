@@ -11,7 +11,7 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 
 from progan_fast.architecture import Widths
-from progan_fast.backend import AUTO_PREFERENCE, KERNEL_DTYPES
+from progan_fast.backend import ACCELERATED, KERNEL_DTYPES
 from progan_fast.training.config import OFFICIAL_MINIBATCH, PRESETS
 
 RESOLUTIONS = tuple(OFFICIAL_MINIBATCH)  # 4 .. 1024
@@ -20,7 +20,7 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items() if dtype in KERNEL_DTYPES}
 PASSES = ("forward", "backward", "forward+backward")
 EAGER = "eager"  # the plain eager chain a user would write: cuDNN conv (+bias) -> LeakyReLU -> PixelNorm
-KERNEL_BACKENDS = ("torch", EAGER) + AUTO_PREFERENCE
+KERNEL_BACKENDS = ("torch", EAGER) + ACCELERATED
 SQRT2 = math.sqrt(2.0)
 _WIDTHS = Widths(1024, PRESETS["official"]["fmap_base"], PRESETS["official"]["fmap_max"])
 
