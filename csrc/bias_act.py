@@ -59,7 +59,7 @@ def _save_output(ctx, inputs, output):
     ctx.save_for_backward(output if ctx.lrelu else None)
 
 
-def _bias_act_grad(ctx, dy):
+def _bias_act_forward_grad(ctx, dy):
     y, = ctx.saved_tensors
     with_bias = ctx.needs_input_grad[1]
     if ctx.lrelu:
@@ -92,7 +92,7 @@ def _lrelu_masked_grad_grad(ctx, grad_out):
     return grad, grad_bias if ctx.with_bias else None, None, None, None
 
 
-_bias_act_forward.register_autograd(_bias_act_grad, setup_context=_save_output)
+_bias_act_forward.register_autograd(_bias_act_forward_grad, setup_context=_save_output)
 _lrelu_grad.register_autograd(_lrelu_grad_grad, setup_context=_save_lrelu_grad_inputs)
 _lrelu_masked_grad.register_autograd(_lrelu_masked_grad_grad, setup_context=_save_masked_grad_inputs)
 

@@ -34,12 +34,13 @@ def _save_gradient_and_coefficients(ctx, inputs, output):
 
 
 @torch.autograd.function.once_differentiable
-def _penalty_grad(ctx, grad_penalty, _grad_of_coef):
+def _gradient_penalty_forward_grad(ctx, grad_penalty, _grad_of_coef):
     grad, coef = ctx.saved_tensors
     return extension.cuda_kernels().gradient_penalty_backward(grad, coef, grad_penalty), None, None
 
 
-_gradient_penalty_forward.register_autograd(_penalty_grad, setup_context=_save_gradient_and_coefficients)
+_gradient_penalty_forward.register_autograd(_gradient_penalty_forward_grad,
+                                            setup_context=_save_gradient_and_coefficients)
 
 
 def gradient_penalty_cuda(grad: torch.Tensor, weight: float = 10.0, target: float = 1.0) -> torch.Tensor:

@@ -46,7 +46,7 @@ def _save_input(ctx, inputs, output):
     ctx.save_for_backward(x)
 
 
-def _forward_grad(ctx, grad_out):
+def _minibatch_stddev_forward_grad(ctx, grad_out):
     x, = ctx.saved_tensors
     return _minibatch_stddev_backward(grad_out, x, ctx.group_size, ctx.eps)[0], None, None
 
@@ -58,15 +58,15 @@ def _save_input_and_stats(ctx, inputs, output):
 
 
 @torch.autograd.function.once_differentiable
-def _backward_grad(ctx, gg, _grad_of_stats):
+def _minibatch_stddev_backward_grad(ctx, gg, _grad_of_stats):
     x, grad_stats = ctx.saved_tensors
     grad_x, grad_stats2 = extension.cuda_kernels().minibatch_stddev_double_backward(gg, x, grad_stats,
                                                                                     ctx.group_size, ctx.eps)
     return append_group_channel(gg, grad_stats2, ctx.group_size), grad_x, None, None
 
 
-_minibatch_stddev_forward.register_autograd(_forward_grad, setup_context=_save_input)
-_minibatch_stddev_backward.register_autograd(_backward_grad, setup_context=_save_input_and_stats)
+_minibatch_stddev_forward.register_autograd(_minibatch_stddev_forward_grad, setup_context=_save_input)
+_minibatch_stddev_backward.register_autograd(_minibatch_stddev_backward_grad, setup_context=_save_input_and_stats)
 
 
 def minibatch_stddev_cuda(x: torch.Tensor, group_size: Optional[int] = 4, eps: float = 1e-8) -> torch.Tensor:

@@ -1,17 +1,9 @@
-"""Backend selection for the progan_fast ops.
+"""The backend switch and the op registry.
 
-One switch for every op: ``set_backend(name)``, the ``use_backend(name)`` context manager, or
-the ``PROGAN_FAST_BACKEND`` environment variable (read when nothing was set in code).
-
-- ``torch``: the plain-PyTorch reference of each op; always available, any device.
-- ``triton``: the fused Triton kernels (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``).
-- ``cuda``: the CUDA C++ extension (CUDA tensors).
-- ``auto`` (default): the fastest backend that works for the tensor's device; falls back to
-  ``torch`` with a single warning when an accelerated backend cannot run.
-
-An op that has no implementation for an available backend runs its torch reference (for
-example, the ``cuda`` backend covers the discriminator's elementwise ops, convolutions stay on
-cuDNN): asking for a backend selects it wherever it exists.
+The switch: ``set_backend(name)``, the ``use_backend(name)`` context manager, or ``$PROGAN_FAST_BACKEND`` (read
+when nothing was set in code); a plain module global, so torch.compile guards on it. The registry: every op of
+`progan_fast.ops` is an `Op` whose torch reference is always there; `progan_fast.kernels` and `progan_fast.csrc`
+register the op's triton and cuda implementations on it. What each backend runs is in the README ("Backends").
 """
 from __future__ import annotations
 
@@ -30,7 +22,7 @@ ENV_VAR = "PROGAN_FAST_BACKEND"
 # The accelerated backends, in the order in which `auto` tries them for an op.
 ACCELERATED = ("triton", "cuda")
 
-# A plain module global (not a ContextVar): torch.compile guards on it, so switching backends recompiles.
+# Not a ContextVar: torch.compile guards on a module global, so switching backends recompiles.
 _selected: Optional[str] = None
 _warned_fallback = False
 

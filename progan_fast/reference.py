@@ -59,7 +59,8 @@ class Dense(nn.Module):
 
 
 class GeneratorInput(nn.Module):
-    """4x4: PN(latent) -> dense to nf x 4 x 4 (gain sqrt(2)/4) -> bias per channel -> act -> PN -> conv3x3 -> act -> PN."""
+    """4x4: PN(latent) -> dense to nf x 4 x 4 (gain sqrt(2)/4) -> bias per channel -> act -> PN -> conv3x3 -> act
+    -> PN."""
 
     def __init__(self, latent_size: int, channels: int):
         super().__init__()

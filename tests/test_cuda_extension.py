@@ -2,8 +2,9 @@
 
 Without a GPU (CI): the extension compiles, links, caches and imports (skipped only without nvcc), and its
 custom ops and autograd, run on the torch formulas of the kernels (tests/cuda_formulas.py), pass gradcheck /
-gradgradcheck in float64 and match the torch backend through a discriminator's gradient penalty. On a GPU: every kernel matches its
-formula in fp32 / fp16 / bf16 to second order, and a D step with gradient penalty matches the torch backend.
+gradgradcheck in float64 and match the torch backend through a discriminator's gradient penalty. On a GPU: every
+kernel matches its formula in fp32 / fp16 / bf16 to second order, and a D step with gradient penalty matches the
+torch backend.
 """
 import os
 import shutil
