@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import check_activation, check_floating, check_rank, check_same_device
+from ._checks import (check_activation, check_fan_in, check_floating, check_rank, check_same_device, check_tensor,
+                      check_weight_dtype)
 from .bias_act import bias_act_reference
 from .fade import upsample2x
 from .pixel_norm import pixel_norm_reference
@@ -64,13 +65,17 @@ def equalized_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     check_rank("equalized_conv2d weight", weight, 4, "[out_channels, in_channels, k, k]")
     check_floating("equalized_conv2d", x)
     check_floating("equalized_conv2d weight", weight)
+    if bias is not None:
+        check_tensor("equalized_conv2d bias", bias)
     check_same_device("equalized_conv2d", x, weight, bias)
+    check_weight_dtype("equalized_conv2d", x, weight)
     activation = check_activation(activation)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"equalized_conv2d: input has {x.shape[1]} channels but the weight expects {weight.shape[1]} "
                          f"(weight shape {tuple(weight.shape)})")
     if weight.shape[2] != weight.shape[3]:
         raise ValueError(f"equalized_conv2d needs a square kernel, got weight shape {tuple(weight.shape)}")
+    check_fan_in("equalized_conv2d", weight)
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"equalized_conv2d: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     if padding is None:

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import KERNEL_DTYPES, Op
-from ._checks import check_activation, check_floating, check_same_device
+from ._checks import (check_activation, check_fan_in, check_floating, check_same_device, check_tensor,
+                      check_weight_dtype)
 from .bias_act import bias_act_reference
 from .equalized_conv import equalized_scale
 
@@ -31,11 +32,15 @@ def equalized_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     """x: [..., in_features]; weight: [out_features, in_features] stored as N(0, 1); bias: [out_features]."""
     check_floating("equalized_linear", x)
     check_floating("equalized_linear weight", weight)
+    if bias is not None:
+        check_tensor("equalized_linear bias", bias)
     check_same_device("equalized_linear", x, weight, bias)
+    check_weight_dtype("equalized_linear", x, weight)
     activation = check_activation(activation)
     if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"equalized_linear: input of shape {tuple(x.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)}; the last input dim must equal in_features")
+    check_fan_in("equalized_linear", weight)
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"equalized_linear: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     return equalized_linear_op(x, weight, bias, gain, activation, negative_slope)
