@@ -15,19 +15,23 @@ import sys
 from typing import List, Optional
 
 from .training import checkpoint as ckpt
-from .training.config import TrainConfig, build_parser, merge_for_resume, resolve
+from .training.config import TrainConfig, build_parser, check_environment, merge_for_resume, resolve
 
 
 def config_from_args(argv: Optional[List[str]] = None):
-    """(configuration, checkpoint to resume or None); bad options exit with a message naming the fix."""
+    """(configuration, checkpoint to resume or None); bad options exit with a message naming the fix. Every
+    option is checked here, before any work."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.resume:
             checkpoint = ckpt.find_checkpoint(args.resume, warn=lambda text: print(text, file=sys.stderr))
             state, _ = ckpt.load_state(checkpoint)
-            return merge_for_resume(TrainConfig.from_json(state["config"]), args), checkpoint
-        return resolve(args), None
+            config = merge_for_resume(TrainConfig.from_json(state["config"]), args)
+        else:
+            config, checkpoint = resolve(args), None
+        check_environment(config, resumed=checkpoint is not None)
+        return config, checkpoint
     except (ValueError, ckpt.CheckpointError, argparse.ArgumentTypeError) as error:
         parser.error(str(error))
 

@@ -28,7 +28,7 @@ from .config import TrainConfig, build_networks
 from .data import RealImages, prepare_cache
 from .distributed import Distributed
 from .reporting import Reporter
-from .schedule import Phase, Schedule
+from .schedule import Phase
 from .step import AUTOCAST_DTYPES, TrainStep
 from .ticks import SampleGrids, Ticks
 
@@ -71,8 +71,7 @@ class Trainer:
             net.to(device, memory_format=memory_format)
         self.dist.broadcast_parameters([G, D])
         self.gan = TrainStep(G, D, config, device, AUTOCAST_DTYPES[self.amp], self.dist)
-        self.schedule = Schedule(config.resolution, round(config.stable_kimg * 1000), round(config.fade_kimg * 1000),
-                                 config.minibatch)
+        self.schedule = config.schedule()
         self.alpha = torch.zeros((), device=device)  # of fade-in steps, filled from the schedule
         self.ticks = Ticks(config.tick_kimg)
         self.last_checkpoint: Optional[Path] = resume
