@@ -15,6 +15,7 @@ import sys
 from typing import List, Optional
 
 from .training import checkpoint as ckpt
+from .training import run_state
 from .training.config import TrainConfig, build_parser, check_environment, merge_for_resume, resolve
 
 
@@ -26,7 +27,7 @@ def config_from_args(argv: Optional[List[str]] = None):
     try:
         if args.resume:
             checkpoint = ckpt.find_checkpoint(args.resume, warn=lambda text: print(text, file=sys.stderr))
-            state, _ = ckpt.load_state(checkpoint)
+            state, _ = run_state.load_state(checkpoint)
             config = merge_for_resume(TrainConfig.from_json(state["config"]), args)
         else:
             config, checkpoint = resolve(args), None

@@ -235,10 +235,15 @@ def _verified_bytes(checkpoint: Path, name: str, manifest: Optional[dict] = None
     path = Path(checkpoint) / name
     if not path.is_file():
         raise _damaged(checkpoint, f"{name} is missing")
-    data = path.read_bytes()
-    if len(data) != entry["bytes"]:
-        raise _damaged(checkpoint, f"{name} has {len(data)} bytes, its manifest says {entry['bytes']} "
+    size = path.stat().st_size
+    if size != entry["bytes"]:  # before reading: a file planted in its place may be of any size
+        raise _damaged(checkpoint, f"{name} has {size} bytes, its manifest says {entry['bytes']} "
                                    f"(cut short or overwritten)")
+    try:
+        data = path.read_bytes()
+    except MemoryError:
+        raise _damaged(checkpoint, f"{name} has {size} bytes, more than this machine can hold in memory (far "
+                                   f"more than any network needs: the file was replaced)") from None
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise _damaged(checkpoint, f"the SHA-256 of {name} does not match its manifest (the file changed)")
     return data
@@ -296,7 +301,7 @@ def load_state(checkpoint: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
         missing = [key for key in STATE_KEYS if key not in state]
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{str(Path(checkpoint) / STATE_JSON)!r} is not a progan_fast training state "
                               f"({error}); resume from another checkpoint: {HOW_TO_RESUME}") from None
     return state, _parse_safetensors(checkpoint, STATE_TENSORS)
