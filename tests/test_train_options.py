@@ -65,6 +65,7 @@ OPTION_ERRORS = [
     (["--device", "meta"], "--device meta: progan_fast runs on cpu and cuda devices"),
     (["--data", "{missing}"], "--data '{missing}' does not exist; give a folder of images"),
     (["--data", "{file}"], "--data '{file}' is a file, not a folder; give a folder of images"),
+    (["--out", "{file}"], "--out '{file}' is a file, not a folder; give a new or empty folder"),
     (["--cache-dir", "{file}"], "--cache-dir '{file}' is a file, not a folder"),
     (["--cache-dir", "{file}/cache"], "--cache-dir '{file}/cache' cannot be created: '{file}' is a file"),
 ]
