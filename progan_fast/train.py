@@ -28,8 +28,9 @@ def config_from_args(argv: Optional[List[str]] = None):
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            checkpoint = ckpt.find_checkpoint(args.resume, warn=lambda text: print(text, file=sys.stderr))
-            state, _ = run_state.load_state(checkpoint)
+            with cli.activity(f"loading checkpoint {args.resume}"):
+                checkpoint = ckpt.find_checkpoint(args.resume, warn=lambda text: print(text, file=sys.stderr))
+                state, _ = run_state.load_state(checkpoint)
             config = merge_for_resume(TrainConfig.from_json(state["config"]), args)
         else:
             config, checkpoint = resolve(args), None
@@ -42,6 +43,7 @@ def config_from_args(argv: Optional[List[str]] = None):
         parser.error(str(error))
 
 
+@cli.interruptible
 def main(argv: Optional[List[str]] = None) -> dict:
     config, checkpoint = config_from_args(argv)
     from .training.loop import Trainer, TrainingStopped

@@ -81,7 +81,8 @@ class Trainer:
         self.folder: Optional[RunFolder] = None
         try:
             if resume is not None:
-                run_state.restore(self, resume)
+                with cli.activity(f"loading checkpoint {resume}"):
+                    run_state.restore(self, resume)
             cache = prepare_cache(config.data, config.resolution, config.cache_dir, build=self.dist.is_main)
             self.run_dir = self._claim_run_dir(resume) if self.dist.is_main else None  # only rank 0 writes files
             self.data = RealImages(cache, config.seed, config.mirror, device, self.channels_last,
@@ -148,7 +149,8 @@ class Trainer:
     def run(self) -> dict:
         """Train to the end of the schedule (or --max-steps, or a SIGINT/SIGTERM); the summary of the run.
         A stop by signal is summarized with "stopped_by_signal" (its name)."""
-        with self._stop_on_signals():
+        with self._stop_on_signals(), cli.activity("training", f"continue from the last checkpoint with --resume "
+                                                               f"{self.run_dir}"):
             try:
                 self._train()
             finally:
