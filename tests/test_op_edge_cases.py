@@ -1,6 +1,7 @@
 """Edge cases of the ops, layers and models that every backend must answer alike: empty batches, zero or
-negative sizes, wrong ranks and odd sizes of the resampling steps, mixed dtypes, inputs that are not tensors,
-and alpha of the wrong type. Either both backends return torch's result, or both raise the same clear error."""
+negative sizes, wrong ranks and odd sizes of the resampling steps, weights or fade inputs in another dtype,
+inputs that are not tensors, and alpha of the wrong type. Either both backends return torch's result, or both
+raise the same clear error."""
 import numpy as np
 import pytest
 import torch
@@ -53,12 +54,6 @@ EDGE_ERRORS = [
      "downsample2x expects a 4-D tensor [N, C, H, W], got shape (3, 4, 4)"),
     ("downsample2x of an odd size", lambda: PF.downsample2x(randn(1, 3, 5, 5)), ValueError,
      "downsample2x needs even H and W, got shape (1, 3, 5, 5)"),
-    ("equalized_conv2d fp32 input, fp16 weight",
-     lambda: PF.equalized_conv2d(randn(1, 3, 4, 4), randn(2, 3, 3, 3, dtype=torch.float16)), TypeError,
-     "equalized_conv2d: " + ONE_DTYPE),
-    ("equalized_linear fp32 input, fp16 weight",
-     lambda: PF.equalized_linear(randn(2, 3), randn(4, 3, dtype=torch.float16)), TypeError,
-     "equalized_linear: " + ONE_DTYPE),
     ("fade fp32 with fp16", lambda: PF.fade(randn(2, 3), randn(2, 3, dtype=torch.float16), 0.5), TypeError,
      "fade: " + ONE_DTYPE),
     ("fade_upsample fp32 with fp16",
@@ -111,21 +106,28 @@ EMPTY = [
 ]
 
 
-@pytest.mark.parametrize("call", [row[1] for row in EMPTY], ids=[row[0] for row in EMPTY])
-def test_empty_tensors_give_the_torch_result_on_every_backend(call):
-    with pf.use_backend("torch"):
-        expected = call()
-    with pf.use_backend("triton"):
-        got = call()
+# (case, call): a weight in another dtype than the input is used in the input's dtype on every backend (fp16,
+# not bf16: the Triton interpreter computes bf16 products wrongly).
+MIXED_WEIGHTS = [
+    ("equalized_conv2d fp32 input, fp16 weight",
+     lambda: PF.equalized_conv2d(randn(1, 3, 4, 4), randn(2, 3, 3, 3, dtype=torch.float16), randn(2), 1.0)),
+    ("equalized_conv2d fp16 input, fp32 weight",
+     lambda: PF.equalized_conv2d(randn(1, 3, 4, 4, dtype=torch.float16), randn(2, 3, 3, 3), randn(2), 1.0)),
+    ("equalized_linear fp32 input, fp16 weight",
+     lambda: PF.equalized_linear(randn(2, 3), randn(4, 3, dtype=torch.float16), randn(4), 1.0)),
+    ("equalized_linear fp16 input, fp32 weight",
+     lambda: PF.equalized_linear(randn(2, 3, dtype=torch.float16), randn(4, 3), randn(4), 1.0)),
+]
+
+
+@pytest.mark.parametrize("call", [row[1] for row in EMPTY + MIXED_WEIGHTS],
+                         ids=[row[0] for row in EMPTY + MIXED_WEIGHTS])
+def test_empty_tensors_and_mixed_weights_give_the_torch_result_on_every_backend(call):
+    results = []
+    for name in ("torch", "triton"):
+        torch.manual_seed(0)  # the same inputs for both
+        with pf.use_backend(name):
+            results.append(call())
+    expected, got = results
     assert got.shape == expected.shape and got.dtype == expected.dtype
-    torch.testing.assert_close(got, expected, equal_nan=True)
-
-
-@pytest.mark.parametrize("name", ["torch", "triton"])
-def test_mixed_dtypes_under_autocast_are_what_autocast_converts(name):
-    """The dtype check of conv and linear stands aside under autocast, which casts input and weight itself."""
-    x = randn(2, 3, 4, 4, dtype=torch.bfloat16)
-    with pf.use_backend(name), torch.autocast("cpu", dtype=torch.bfloat16):
-        y = PF.equalized_conv2d(x, randn(4, 3, 3, 3), randn(4), activation="lrelu")
-        z = PF.equalized_linear(y.flatten(1), randn(5, 64))
-    assert y.dtype == z.dtype == torch.bfloat16 and y.shape == (2, 4, 4, 4) and z.shape == (2, 5)
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2, equal_nan=True)  # tf32, bf16 rounding

@@ -58,13 +58,6 @@ def check_fan_in(name: str, weight: torch.Tensor) -> None:
                          f"area = 0); give at least one input channel")
 
 
-def check_weight_dtype(name: str, x: torch.Tensor, weight: torch.Tensor) -> None:
-    """Input and weight in one dtype, unless autocast converts both (as the conv and linear ops do under it)."""
-    device = x.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
-        check_same_dtype(name, x, weight)
-
-
 def check_layer_size(layer: str, name: str, value, minimum: int) -> None:
     """A size argument of a layer's constructor: a whole number >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
