@@ -118,7 +118,7 @@ def test_temporary_folders_of_killed_preparations_are_removed(cache):
     root = cache.parent
     dead = [f"{cache.name}.tmp-{host}-{dead_pid()}", f"{cache.name}.tmp-{dead_pid()}"]  # this version, older ones
     kept = [f"{cache.name}.tmp-{host}-{os.getppid()}", f"{cache.name}.tmp-other-machine-{dead_pid()}",
-            "notes.tmp-of-mine"]
+            "notes.tmp-of-mine", f"notes.tmp-{host}-{dead_pid()}"]
     for name in dead + kept:
         (root / name).mkdir()
     messages = []

@@ -52,8 +52,9 @@ MAX_BAD_FRACTION = 0.1  # more unreadable files than this and the folder is prob
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 EXAMPLES = 3  # file names quoted in a warning or an error
 DIGEST_CHUNK, DIGEST_CHUNKS = 1 << 20, 16  # the sampled checksum of a cached array reads at most 16 MiB of it
-# KEY.tmp-HOST-PID: the folder a preparation writes before renaming it to KEY (older versions: KEY.tmp-PID).
-TEMPORARY = re.compile(r"(?P<key>[^.]+)\.tmp-((?P<host>.+)-)?(?P<pid>\d+)")
+# KEY.tmp-HOST-PID: the folder a preparation writes before renaming it to KEY (older versions: KEY.tmp-PID);
+# KEY is a folder fingerprint or digits-vN-RES.
+TEMPORARY = re.compile(r"(?P<key>[0-9a-f]{20}|digits-v\d+-\d+)\.tmp-((?P<host>.+)-)?(?P<pid>\d+)")
 
 
 def _printable(path: Path) -> str:
