@@ -61,6 +61,8 @@ def check_latents(z: torch.Tensor, latent_size: int) -> None:
     if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != latent_size:
         shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
         raise ValueError(f"Generator expects latents of shape [N, {latent_size}], got {shape}")
+    if z.shape[0] == 0:
+        raise ValueError(f"Generator needs at least one latent, got an empty batch of shape {tuple(z.shape)}")
 
 
 def check_images(images: torch.Tensor, num_channels: int, widths: Widths) -> int:
@@ -69,6 +71,8 @@ def check_images(images: torch.Tensor, num_channels: int, widths: Widths) -> int
             or images.shape[2] != images.shape[3]:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"Discriminator expects images of shape [N, {num_channels}, res, res], got {shape}")
+    if images.shape[0] == 0:  # the minibatch stddev is a statistic of the batch
+        raise ValueError(f"Discriminator needs at least one image, got an empty batch of shape {tuple(images.shape)}")
     return widths.level(images.shape[-1])
 
 

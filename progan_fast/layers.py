@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import functional as F
-from .ops._checks import check_activation
+from .ops._checks import check_activation, check_layer_size
 from .ops.equalized_conv import same_padding
 
 
@@ -24,8 +24,11 @@ class EqualizedConv2d(nn.Module):
                  negative_slope: float = 0.2, pixel_norm: bool = False, upsample: bool = False,
                  pixel_norm_eps: float = 1e-8):
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)):
+            check_layer_size("EqualizedConv2d", name, value, 1)
         if padding is None:
             padding = same_padding(kernel_size)
+        check_layer_size("EqualizedConv2d", "padding", padding, 0)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.padding, self.gain, self.negative_slope = padding, gain, negative_slope
         self.activation = check_activation(activation)
@@ -49,6 +52,8 @@ class EqualizedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, gain: float = 2 ** 0.5,
                  activation: Optional[str] = None, negative_slope: float = 0.2):
         super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            check_layer_size("EqualizedLinear", name, value, 1)
         self.in_features, self.out_features = in_features, out_features
         self.gain, self.negative_slope = gain, negative_slope
         self.activation = check_activation(activation)

@@ -3,6 +3,7 @@ SIGTERM, and stops with a clear message, its last checkpoint intact, on repeated
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,7 +98,10 @@ def test_sigkill_at_random_moments_loses_at_most_a_tick(tmp_path, cache_dir):
     kills, moments, killed_mid_write, resumed_past_startup = 0, [], 0, 0
     while kills < KILLS:
         moment = KILL_MOMENTS[kills % len(KILL_MOMENTS)]
-        # Resume when there is a checkpoint, else start again; a kill in the checkpoint writer needs a slow writer.
+        # Resume when there is a checkpoint, else start again (a new run needs an empty folder: what a killed
+        # start left is deleted, as the trainer's refusal says); a kill in the checkpoint writer needs a slow writer.
+        if not ckpt.list_checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
         args = ["--resume", str(run_dir)] if ckpt.list_checkpoints(run_dir) else common + ["--out", str(run_dir)]
         process = start(args, write_delay=0.05 if moment == "checkpoint write" else 0.0)
         resumed_past_startup += args[0] == "--resume" and moment != "startup"

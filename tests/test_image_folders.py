@@ -1,6 +1,8 @@
 """Image folders as the trainer's --data: unreadable files are skipped and counted (an error above
 MAX_BAD_FRACTION), tiny and non-square images keep their centre, every PIL mode becomes RGB uint8 (pixel values
 checked), and the folder itself is never changed."""
+import os
+import sys
 import threading
 
 import numpy as np
@@ -291,3 +293,15 @@ def test_every_mode_survives_the_whole_pipeline(tmp_path):
     top = np.load(prepare(folder, tmp_path / "cache", []) / f"{RES}.npy")
     for (name, _), got, want in zip(stored, top, expected):
         np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="file names there are always valid Unicode")
+def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning_naming_it(tmp_path):
+    folder = tmp_path / "images"
+    write_good_images(folder, 3)
+    colour_image((1, 2, 3)).save(os.fsencode(folder) + b"/bad\xff\xfename.png")
+    messages = []
+    cache = prepare(folder, tmp_path / "cache", messages)
+    assert messages[0] == (f"warning: skipped 1 image files in --data {folder} whose names are not valid UTF-8: "
+                           "bad\\xff\\xfename.png; rename them to train on them")
+    assert np.load(cache / f"{RES}.npy").shape[0] == 3

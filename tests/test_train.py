@@ -129,14 +129,16 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, cache_dir)
 
 def test_trains_on_an_image_folder(tmp_path):
     from PIL import Image
+    images = tmp_path / "images"
+    images.mkdir()
     for i in range(6):
         pixels = torch.randint(0, 256, (12 + i, 20, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
-        Image.fromarray(pixels.numpy()).save(tmp_path / f"image{i}.png")
-    summary = train.main(TINY + ["--data", str(tmp_path), "--resolution", "8", "--preset", "quick", "--minibatch",
+        Image.fromarray(pixels.numpy()).save(images / f"image{i}.png")
+    summary = train.main(TINY + ["--data", str(images), "--resolution", "8", "--preset", "quick", "--minibatch",
                                  "4:4,8:4", "--max-steps", "3", "--out", str(tmp_path / "run"), "--cache-dir",
                                  str(tmp_path / "cache"), "--tensorboard", "off"])
     assert summary["steps"] == 3 and (tmp_path / "run" / "reals.png").is_file()
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(tmp_path)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(images)
 
 
 def tiny_trainer(tmp_path, cache_dir, amp="off"):

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import List, Optional
 
-import torch
-
+from .. import cli
 from ..training.checkpoint import CheckpointError
 from ..training.data import RealImages, prepare_cache
 from ..training.run_state import default_device, load_generator
@@ -20,27 +20,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder (checkpoints/step-*) or run folder (its latest checkpoint)")
     p.add_argument("--data", help="image folder of the reals (default: the run's own --data)")
     p.add_argument("--cache-dir", help="cache folder of prepared reals (default: the run's)")
-    p.add_argument("--num-images", type=int, default=8192, help="images per set (default 8192; the paper used "
-                   "16384); capped at the dataset size")
-    p.add_argument("--resolution", type=int, help="resolution to evaluate (default: the checkpoint's current one)")
-    p.add_argument("--seed", type=int, default=0, help="seed of latents, reals and projections (default 0)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: a GPU if there is one)")
+    p.add_argument("--num-images", type=cli.COUNT, default=8192, help="images per set (default 8192; the paper "
+                   "used 16384); capped at the dataset size")
+    p.add_argument("--resolution", type=int, help="resolution to evaluate, 8 up to the one the checkpoint has "
+                   "reached (default: the checkpoint's current one)")
+    p.add_argument("--seed", type=cli.SEED, default=0, help="seed of latents, reals and projections (default 0)")
+    p.add_argument("--device", type=cli.device_type("--device"), help="cpu, cuda, ... (default: a GPU if there "
+                   "is one)")
     return p
 
 
+@cli.interruptible
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = torch.device(args.device) if args.device else default_device()
+    device = args.device or default_device()
     try:
-        G, state, config = load_generator(args.checkpoint, device)
-    except CheckpointError as error:
+        if args.data is not None:
+            cli.existing_folder("--data", args.data, "the folder of images the run was trained on")
+        if args.cache_dir is not None:
+            cli.folder_to_write("--cache-dir", args.cache_dir)
+        with cli.activity(f"loading checkpoint {args.checkpoint}"):
+            G, state, config = load_generator(args.checkpoint, device)
+    except (ValueError, CheckpointError) as error:
         parser.error(str(error))
-    res = args.resolution or state["resolution"]
+    res = state["resolution"] if args.resolution is None else args.resolution
+    if state["resolution"] < 8:
+        parser.error(f"SWD needs 7x7 patches, so a resolution of at least 8; the checkpoint is at "
+                     f"{state['resolution']}x{state['resolution']}")
+    if cli.resolution_problem(res, state["resolution"], smallest=8):
+        parser.error(f"--resolution {cli.resolution_problem(res, state['resolution'], smallest=8)} (SWD needs "
+                     f"7x7 patches, and the checkpoint has trained up to {state['resolution']}x{state['resolution']})")
     alpha = state["alpha"] if res == state["resolution"] else 1.0
-    if res < 8:
-        parser.error(f"SWD needs 7x7 patches, so a resolution of at least 8; the checkpoint is at {res}x{res}")
-    cache = prepare_cache(args.data or config.data, config.resolution, args.cache_dir or config.cache_dir)
+    folder = args.data or config.data
+    if folder is not None and not Path(folder).is_dir():
+        parser.error(f"the run's image folder {folder!r} does not exist any more (moved or deleted?); give its "
+                     f"new place with --data")
+    try:
+        cache = prepare_cache(folder, config.resolution, args.cache_dir or config.cache_dir)
+    except ValueError as error:
+        parser.error(str(error))
     data = RealImages(cache, args.seed, False, device, channels_last=False)
     count = min(args.num_images, data.count)
     reals = data.evaluation_reals(count, res, args.seed, alpha)

@@ -1,6 +1,7 @@
 """Input checks shared by the ops: each error names the problem and how to fix it."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -23,16 +24,44 @@ def check_sign_mask_slope(op: str, backend: str, activation: Optional[str], nega
                          f"which needs negative_slope >= 0, got {negative_slope}; use the torch backend")
 
 
-def check_rank(name: str, x: torch.Tensor, rank: int, layout: str) -> None:
+def check_tensor(name: str, x) -> None:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}; convert it with torch.as_tensor()")
+
+
+def check_rank(name: str, x: torch.Tensor, rank: int, layout: str) -> None:
+    check_tensor(name, x)
     if x.dim() != rank:
         raise ValueError(f"{name} expects a {rank}-D tensor {layout}, got shape {tuple(x.shape)}")
 
 
 def check_floating(name: str, x: torch.Tensor) -> None:
+    check_tensor(name, x)
     if not x.is_floating_point():
         raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}; convert it with .float()")
+
+
+def check_same_dtype(name: str, *tensors: Optional[torch.Tensor]) -> None:
+    """All tensor arguments (None entries skipped) in one dtype: torch would raise deep inside for some ops and
+    promote for others, while the kernels take one storage type."""
+    present = [t for t in tensors if t is not None]
+    for t in present[1:]:
+        if t.dtype != present[0].dtype:
+            raise TypeError(f"{name}: all tensors must have one dtype, got {present[0].dtype} and {t.dtype}; "
+                            f"convert one with .to(other.dtype)")
+
+
+def check_fan_in(name: str, weight: torch.Tensor) -> None:
+    """The equalized scale divides by the fan-in (input channels x kernel area): it must not be 0."""
+    if weight[0].numel() == 0:
+        raise ValueError(f"{name}: the weight of shape {tuple(weight.shape)} has no inputs (in_channels x kernel "
+                         f"area = 0); give at least one input channel")
+
+
+def check_layer_size(layer: str, name: str, value, minimum: int) -> None:
+    """A size argument of a layer's constructor: a whole number >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{layer}: {name} must be a whole number >= {minimum}, got {value!r}")
 
 
 def check_same_device(name: str, *tensors: Optional[torch.Tensor]) -> None:
@@ -51,6 +80,8 @@ def check_alpha(alpha: Alpha) -> Alpha:
         if alpha.dim() != 0:
             raise ValueError(f"alpha must be a float or a 0-dim tensor, got a tensor of shape {tuple(alpha.shape)}")
         return alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a float in [0, 1] or a 0-dim tensor, got {type(alpha).__name__}")
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] (0 = old branch only, 1 = new branch only), got {alpha}")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import accumulation_dtype, check_activation, check_floating, check_same_device
+from ._checks import accumulation_dtype, check_activation, check_floating, check_same_device, check_tensor
 
 
 def channel_view(v: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -48,6 +48,8 @@ def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor] = None, activation: O
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"bias_act: dim {dim} is out of range for x of shape {tuple(x.shape)}; the bias runs "
                          f"along dim (1 for [N, C, ...], -1 for [..., features])")
+    if bias is not None:
+        check_tensor("bias_act bias", bias)
     check_same_device("bias_act", x, bias)
     if bias is not None and (bias.dim() != 1 or bias.numel() != x.shape[dim]):
         raise ValueError(f"bias_act: bias must have shape [{x.shape[dim]}] (size of dim {dim} of x), "

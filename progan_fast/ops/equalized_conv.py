@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import check_activation, check_floating, check_rank, check_same_device
+from ._checks import check_activation, check_fan_in, check_floating, check_rank, check_same_device, check_tensor
 from .bias_act import bias_act_reference
 from .fade import upsample2x
 from .pixel_norm import pixel_norm_reference
@@ -43,7 +43,8 @@ def equalized_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: Opti
                                upsample: bool, eps: float) -> torch.Tensor:
     if upsample:
         x = upsample2x(x)
-    y = F.conv2d(x, weight * equalized_scale(weight, gain), padding=padding)
+    # A weight of another dtype (fp32 master weights of fp16 activations) is cast to the input's, as the kernels do.
+    y = F.conv2d(x, (weight * equalized_scale(weight, gain)).to(x.dtype), padding=padding)
     y = bias_act_reference(y, bias, activation, negative_slope)
     return pixel_norm_reference(y, eps) if pixel_norm else y
 
@@ -57,13 +58,15 @@ def equalized_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                      eps: float = 1e-8) -> torch.Tensor:
     """Equalized-LR conv2d (stride 1) with optional upsample, bias, LeakyReLU and PixelNorm.
 
-    x: [N, in, H, W]; weight: [out, in, k, k] stored as N(0, 1); bias: [out] or None.
+    x: [N, in, H, W]; weight: [out, in, k, k] stored as N(0, 1), used in x's dtype; bias: [out] or None.
     padding None means "same" (odd k). Output: [N, out, H', W'] (H' = 2H with upsample).
     """
     check_rank("equalized_conv2d", x, 4, "[N, C, H, W]")
     check_rank("equalized_conv2d weight", weight, 4, "[out_channels, in_channels, k, k]")
     check_floating("equalized_conv2d", x)
     check_floating("equalized_conv2d weight", weight)
+    if bias is not None:
+        check_tensor("equalized_conv2d bias", bias)
     check_same_device("equalized_conv2d", x, weight, bias)
     activation = check_activation(activation)
     if weight.shape[1] != x.shape[1]:
@@ -71,6 +74,7 @@ def equalized_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
                          f"(weight shape {tuple(weight.shape)})")
     if weight.shape[2] != weight.shape[3]:
         raise ValueError(f"equalized_conv2d needs a square kernel, got weight shape {tuple(weight.shape)}")
+    check_fan_in("equalized_conv2d", weight)
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"equalized_conv2d: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     if padding is None:

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import KERNEL_DTYPES, Op
-from ._checks import check_activation, check_floating, check_same_device
+from ._checks import check_activation, check_fan_in, check_floating, check_same_device, check_tensor
 from .bias_act import bias_act_reference
 from .equalized_conv import equalized_scale
 
 
 def equalized_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
                                activation: Optional[str], negative_slope: float) -> torch.Tensor:
-    y = F.linear(x, weight * equalized_scale(weight, gain))
+    y = F.linear(x, (weight * equalized_scale(weight, gain)).to(x.dtype))  # the weight in the input's dtype
     return bias_act_reference(y, bias, activation, negative_slope, dim=-1)
 
 
@@ -28,14 +28,18 @@ equalized_linear_op = Op("equalized_linear", equalized_linear_reference)
 def equalized_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      gain: float = 2 ** 0.5, activation: Optional[str] = None,
                      negative_slope: float = 0.2) -> torch.Tensor:
-    """x: [..., in_features]; weight: [out_features, in_features] stored as N(0, 1); bias: [out_features]."""
+    """x: [..., in_features]; weight: [out_features, in_features] stored as N(0, 1), used in x's dtype;
+    bias: [out_features]."""
     check_floating("equalized_linear", x)
     check_floating("equalized_linear weight", weight)
+    if bias is not None:
+        check_tensor("equalized_linear bias", bias)
     check_same_device("equalized_linear", x, weight, bias)
     activation = check_activation(activation)
     if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"equalized_linear: input of shape {tuple(x.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)}; the last input dim must equal in_features")
+    check_fan_in("equalized_linear", weight)
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"equalized_linear: bias must have shape [{weight.shape[0]}], got {tuple(bias.shape)}")
     return equalized_linear_op(x, weight, bias, gain, activation, negative_slope)

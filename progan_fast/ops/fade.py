@@ -15,16 +15,22 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Op
-from ._checks import Alpha, check_alpha, check_floating, check_rank, check_same_device
+from ._checks import Alpha, check_alpha, check_floating, check_rank, check_same_device, check_same_dtype
 
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
     """2x nearest-neighbour upsampling of [N, C, H, W]."""
+    check_rank("upsample2x", x, 4, "[N, C, H, W]")
+    check_floating("upsample2x", x)
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 def downsample2x(x: torch.Tensor) -> torch.Tensor:
-    """2x2 average pooling of [N, C, H, W]."""
+    """2x2 average pooling of [N, C, H, W] with even H and W."""
+    check_rank("downsample2x", x, 4, "[N, C, H, W]")
+    check_floating("downsample2x", x)
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        raise ValueError(f"downsample2x needs even H and W, got shape {tuple(x.shape)}")
     return F.avg_pool2d(x, kernel_size=2)
 
 
@@ -47,11 +53,12 @@ fade_downsample_op = Op("fade_downsample", fade_downsample_reference)
 
 def fade(new: torch.Tensor, old: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     """old + (new - old) * alpha for two tensors of the same shape."""
-    if new.shape != old.shape:
-        raise ValueError(f"fade: new and old must have the same shape, got {tuple(new.shape)} and {tuple(old.shape)}")
     check_floating("fade", new)
     check_floating("fade", old)
+    if new.shape != old.shape:
+        raise ValueError(f"fade: new and old must have the same shape, got {tuple(new.shape)} and {tuple(old.shape)}")
     check_same_device("fade", new, old)
+    check_same_dtype("fade", new, old)
     return fade_op(new, old, check_alpha(alpha))
 
 
@@ -62,6 +69,7 @@ def fade_upsample(high: torch.Tensor, low: torch.Tensor, alpha: Alpha) -> torch.
     check_floating("fade_upsample", high)
     check_floating("fade_upsample", low)
     check_same_device("fade_upsample", high, low)
+    check_same_dtype("fade_upsample", high, low)
     n, c, h, w = high.shape
     if tuple(low.shape) != (n, c, h // 2, w // 2) or h % 2 or w % 2:
         raise ValueError(f"fade_upsample: low must have shape {(n, c, h // 2, w // 2)} for high of shape "

@@ -21,6 +21,9 @@ from ._checks import accumulation_dtype, check_floating, check_rank
 def effective_group_size(batch: int, group_size: Optional[int]) -> int:
     """The group size a batch is split into (min(group_size, batch), or the batch for None), with the errors the
     user should see."""
+    if batch < 1:
+        raise ValueError("minibatch_stddev needs at least one sample (a statistic over the batch), got an empty "
+                         "batch")
     if group_size is None:
         if batch < 2:
             raise ValueError(f"minibatch_stddev over the whole batch needs a batch of at least 2, got {batch}")

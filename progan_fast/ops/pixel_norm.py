@@ -20,7 +20,7 @@ pixel_norm_op = Op("pixel_norm", pixel_norm_reference)
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Normalise the feature vector of every pixel (dim 1) to unit root-mean-square."""
+    check_floating("pixel_norm", x)
     if x.dim() < 2:
         raise ValueError(f"pixel_norm expects [N, C, ...] (channels in dim 1), got shape {tuple(x.shape)}")
-    check_floating("pixel_norm", x)
     return pixel_norm_op(x, eps)

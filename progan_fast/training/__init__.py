@@ -4,8 +4,8 @@ Modules: config (presets, command-line options, the networks of a configuration)
 and minibatch by images shown), data (image folder -> uint8 cache per resolution), step (one training step: the
 networks, optimizers and loss scalers it updates), loop (the run: ticks, evaluations, checkpoints, stopping),
 ticks (tick records and image grids), run_state (what a checkpoint holds, loading it back), checkpoint (its
-files: safetensors + JSON, written crash-safe), distributed (torchrun data parallelism), reporting (progress,
-JSONL, TensorBoard).
+files: safetensors + JSON, written crash-safe), run_folder (the folder a run writes, owned by one trainer),
+distributed (torchrun data parallelism), reporting (progress, JSONL, TensorBoard).
 """
 from .config import PRESETS, TrainConfig, build_networks
 from .loop import Trainer

@@ -9,9 +9,9 @@ A checkpoint is a folder `checkpoints/step-XXXXXXXX/`:
 The files are written and fsynced in a hidden temporary folder (`.tmp-step-...`) that is then renamed into place,
 so a folder under a final name is always complete; loading checks every file against the manifest before parsing
 it. Old checkpoints are renamed to a hidden `.trash-...` name before they are deleted, and hidden leftovers of a
-killed write or deletion are removed when the next run starts; a resume renames checkpoints newer than the one
-it starts from to `set-aside-step-...`. Nothing here unpickles: safetensors and JSON only, so loading a file never
-runs code from it.
+killed write or deletion are removed when the next run starts in the folder (run_folder.py); a resume renames
+checkpoints newer than the one it starts from to `set-aside-step-...`. Nothing here unpickles: safetensors and
+JSON only, so loading a file never runs code from it.
 """
 from __future__ import annotations
 
@@ -118,6 +118,20 @@ def save_checkpoint(run_dir: Path, step: int, weights: Dict[str, Dict[str, torch
     temporary = folder / f"{TEMPORARY_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
+    try:
+        _write_checkpoint_files(temporary, step, weights, state_tensors, state)
+    except BaseException:  # a full disk, a signal: no half-written folder stays behind
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    os.replace(temporary, final)
+    _fsync_folder(folder)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        _remove(old)
+    return final
+
+
+def _write_checkpoint_files(temporary: Path, step: int, weights: Dict[str, Dict[str, torch.Tensor]],
+                            state_tensors: Dict[str, torch.Tensor], state: dict) -> None:
     serializers = {file: lambda key=key: safetensors_bytes(cpu_tensors(weights[key]))
                    for key, file in WEIGHT_FILES.items()}
     serializers[STATE_TENSORS] = lambda: safetensors_bytes(cpu_tensors(state_tensors))
@@ -132,11 +146,6 @@ def save_checkpoint(run_dir: Path, step: int, weights: Dict[str, Dict[str, torch
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "files": files}
     _write_and_fsync(temporary / MANIFEST, json.dumps(manifest, indent=1).encode())
     _fsync_folder(temporary)
-    os.replace(temporary, final)
-    _fsync_folder(folder)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        _remove(old)
-    return final
 
 
 def _remove(folder: Path) -> None:
@@ -144,18 +153,6 @@ def _remove(folder: Path) -> None:
     trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}-{os.getpid()}")
     os.replace(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def remove_leftovers(run_dir: Path) -> List[str]:
-    """Delete the hidden temporary files and folders that a killed run left in the run folder and its
-    checkpoints/; their names."""
-    removed = []
-    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
-        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if entry.name.startswith((TEMPORARY_PREFIX, TRASH_PREFIX)):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-                removed.append(str(entry.relative_to(run_dir)))
-    return removed
 
 
 def set_aside_newer(run_dir: Path, step: int) -> List[Tuple[Path, Path]]:
@@ -235,10 +232,15 @@ def _verified_bytes(checkpoint: Path, name: str, manifest: Optional[dict] = None
     path = Path(checkpoint) / name
     if not path.is_file():
         raise _damaged(checkpoint, f"{name} is missing")
-    data = path.read_bytes()
-    if len(data) != entry["bytes"]:
-        raise _damaged(checkpoint, f"{name} has {len(data)} bytes, its manifest says {entry['bytes']} "
+    size = path.stat().st_size
+    if size != entry["bytes"]:  # before reading: a file planted in its place may be of any size
+        raise _damaged(checkpoint, f"{name} has {size} bytes, its manifest says {entry['bytes']} "
                                    f"(cut short or overwritten)")
+    try:
+        data = path.read_bytes()
+    except MemoryError:
+        raise _damaged(checkpoint, f"{name} has {size} bytes, more than this machine can hold in memory (far "
+                                   f"more than any network needs: the file was replaced)") from None
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise _damaged(checkpoint, f"the SHA-256 of {name} does not match its manifest (the file changed)")
     return data
@@ -296,7 +298,7 @@ def load_state(checkpoint: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
         missing = [key for key in STATE_KEYS if key not in state]
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise CheckpointError(f"{str(Path(checkpoint) / STATE_JSON)!r} is not a progan_fast training state "
                               f"({error}); resume from another checkpoint: {HOW_TO_RESUME}") from None
     return state, _parse_safetensors(checkpoint, STATE_TENSORS)
@@ -324,7 +326,3 @@ def check_fits(module: torch.nn.Module, weights: Dict[str, torch.Tensor], checkp
                                   f"{tuple(tensor.shape)} (other widths: --fmap-base/--fmap-max/--latent-size); "
                                   f"the checkpoint's files do not belong together; resume from another "
                                   f"checkpoint: {HOW_TO_RESUME}")
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    return Path(checkpoint).resolve().parent.parent

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Dict, Optional, Tuple
 
+import torch
 from torch import nn
 
+from .. import cli
 from .. import models as fast_models
-from ..backend import BACKENDS
+from ..backend import ACCELERATED, BACKENDS, unavailable_reason
+from ..cli import COUNT, SEED, Number, OptionError
+from .schedule import Schedule
 
 OFFICIAL_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 QUICK_MINIBATCH = {4: 64, 8: 64, 16: 32, 32: 32, 64: 16, 128: 16, 256: 8, 512: 4, 1024: 4}
@@ -32,6 +38,11 @@ QUICK = PRESETS["quick"]
 BUILTIN_RESOLUTION = 32
 FOLDER_RESOLUTION = 256
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+CHANNELS_LAST_MODES = ("auto", "on", "off")
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 @dataclass
@@ -81,14 +92,67 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "TrainConfig":
+        """The configuration stored as JSON (a checkpoint's); OptionError naming the first field of the wrong type
+        or unknown to this version. Missing fields (added after the checkpoint was written) get their defaults;
+        check_values then checks the ranges."""
+        if not isinstance(data, dict):
+            raise OptionError("config", f"the configuration must be a JSON object, got {type(data).__name__}")
+        types = typing.get_type_hints(cls)
+        for name, value in data.items():
+            if name not in types:
+                raise OptionError(name, f"unknown option {name!r} (written by another version of progan_fast?)")
+            if name == "minibatch":
+                if not isinstance(value, dict) or not all(key.isdigit() for key in value):
+                    raise OptionError(name, f"minibatch must map resolutions to sizes ({{\"4\": 64, ...}}), got "
+                                            f"{value!r}")
+            elif not _is_of_type(value, types[name]):
+                raise OptionError(name, f"{option_name(name)} must be of type {_type_name(types[name])}, got "
+                                        f"{value!r}")
         data = dict(data)
-        data["minibatch"] = {int(res): size for res, size in data["minibatch"].items()}
+        if "minibatch" in data:
+            data["minibatch"] = {int(res): size for res, size in data["minibatch"].items()}
         return cls(**data)
 
     @property
     def grid_shape(self):
         return parse_grid(self.grid)
 
+    def schedule(self) -> Schedule:
+        return Schedule(self.resolution, round(self.stable_kimg * 1000), round(self.fade_kimg * 1000),
+                        self.minibatch)
+
+
+def _is_of_type(value, hint) -> bool:
+    """Whether a JSON value has the type of a TrainConfig field (int for float is fine, bool for int is not)."""
+    if typing.get_origin(hint) is typing.Union:
+        return any(_is_of_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    return "null" if hint is type(None) else hint.__name__
+
+
+# The range of every numeric option: presets, the command line and the configuration stored in a checkpoint
+# are all checked against these. None (where a field allows it) means "the default".
+NUMBERS = {
+    "stable_kimg": Number(float, 0), "fade_kimg": Number(float, 0), "tick_kimg": Number(float, 0, low_open=True),
+    "lr": Number(float, 0, low_open=True), "beta1": Number(float, 0, 1, high_open=True),
+    "beta2": Number(float, 0, 1, high_open=True), "adam_eps": Number(float, 0, low_open=True),
+    "gp_weight": Number(float, 0), "drift": Number(float, 0),
+    # beta = 1 would keep the EMA copy at the initial weights for ever.
+    "ema_beta": Number(float, 0, 1, high_open=True),
+    "latent_size": Number(int, 1), "fmap_base": Number(int, 1), "fmap_max": Number(int, 1),
+    "mbstd_group_size": Number(int, 1), "seed": SEED, "snapshot_ticks": Number(int, 1),
+    "keep_checkpoints": Number(int, 1), "swd_images": Number(int, 0), "max_steps": Number(int, 0),
+}
+CHOICES = {"preset": tuple(PRESETS), "amp": AMP_MODES, "backend": BACKENDS, "channels_last": CHANNELS_LAST_MODES}
 
 TRAINING_OPTIONS = ("data", "resolution", "preset", "stable_kimg", "fade_kimg", "minibatch", "lr", "beta1", "beta2",
                     "adam_eps", "gp_weight", "drift", "ema_beta", "latent_size", "fmap_base", "fmap_max",
@@ -103,6 +167,9 @@ def parse_minibatch(text: str) -> Dict[int, int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"--minibatch expects RES:SIZE pairs separated by commas "
                                              f"(e.g. 4:128,8:64), got {text!r}") from None
+        if cli.resolution_problem(res):
+            raise argparse.ArgumentTypeError(f"{res} in {item!r} is not a resolution; resolutions are powers "
+                                             f"of two from 4 to 1024 (e.g. 4:128,8:64)")
         if size < 1:
             raise argparse.ArgumentTypeError(f"--minibatch: size for {res}x{res} must be >= 1, got {size}")
         sizes[res] = size
@@ -110,8 +177,9 @@ def parse_minibatch(text: str) -> Dict[int, int]:
 
 
 def check_resolution(res: int) -> int:
-    if res < 4 or res > 1024 or res & (res - 1):
-        raise ValueError(f"--resolution must be a power of two from 4 to 1024 (4, 8, 16, ..., 1024), got {res}")
+    if cli.resolution_problem(res):
+        raise OptionError("resolution", f"--resolution must be a power of two from 4 to 1024 (4, 8, 16, ..., "
+                                        f"1024), got {res!r}")
     return res
 
 
@@ -227,7 +295,12 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
             config.minibatch.update(value)
         else:
             setattr(config, key, value)
-    check(config)
+    check_values(config)
+    untrained = sorted(res for res in given.get("minibatch", {}) if res > config.resolution)
+    if untrained:
+        raise OptionError("minibatch", f"--minibatch {untrained[0]}:{given['minibatch'][untrained[0]]}: this run "
+                                       f"trains 4x4 to {config.resolution}x{config.resolution}, never "
+                                       f"{untrained[0]}x{untrained[0]}; remove it, or raise --resolution")
     return config
 
 
@@ -241,37 +314,67 @@ def merge_for_resume(saved: TrainConfig, args: argparse.Namespace) -> TrainConfi
             current = getattr(saved, key)
             same = {**current, **value} == current if key == "minibatch" else current == value
             if not same:
-                raise ValueError(f"--{key.replace('_', '-')} cannot change when resuming (the run was started "
-                                 f"with {current!r}); start a new run instead")
+                raise OptionError(key, f"{option_name(key)} cannot change when resuming (the run was started "
+                                       f"with {current!r}); start a new run instead")
         else:
             setattr(config, key, value)
-    check(config)
+    check_values(config)
     return config
 
 
-def check(config: TrainConfig) -> None:
+def check_values(config: TrainConfig) -> None:
+    """Every option of the configuration in its range (OptionError naming the option), whatever its origin: a
+    preset, the command line or a checkpoint. What the machine offers is check_environment's."""
     check_resolution(config.resolution)
-    for name in ("stable_kimg", "fade_kimg", "tick_kimg", "lr", "adam_eps"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
-    if config.tick_kimg == 0:
-        raise ValueError("--tick-kimg must be > 0")
-    if config.mbstd_group_size < 1:
-        raise ValueError(f"--mbstd-group-size must be >= 1 (1 turns the layer off), got {config.mbstd_group_size}")
+    for name, rule in NUMBERS.items():
+        value = getattr(config, name)
+        problem = None if value is None else rule.problem(value)  # None: the default (from_json checked types)
+        if problem:
+            raise OptionError(name, f"{option_name(name)} {problem}")
+    for name, choices in CHOICES.items():
+        if getattr(config, name) not in choices:
+            raise OptionError(name, f"{option_name(name)} must be one of {', '.join(choices)}, got "
+                                    f"{getattr(config, name)!r}")
     for res, size in config.minibatch.items():
+        if cli.resolution_problem(res) or not COUNT.fits(size):
+            raise OptionError("minibatch", f"--minibatch {res}:{size}: the resolution must be a power of two from 4 "
+                                           f"to 1024 and the size a whole number >= 1")
         group = min(config.mbstd_group_size, size)
         if res <= config.resolution and config.mbstd_group_size > 1 and size % group:
             larger = size + group - size % group
-            raise ValueError(f"minibatch {size} (per process) at {res}x{res} is not a multiple of the "
-                             f"minibatch-stddev group size {group}; give --minibatch {res}:{larger} "
-                             f"(or another multiple of {group}), or change --mbstd-group-size")
-    if config.amp not in AMP_MODES:
-        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {config.amp!r}")
-    if config.snapshot_ticks < 1 or config.keep_checkpoints < 1:
-        raise ValueError("--snapshot-ticks and --keep-checkpoints must be >= 1")
-    if config.max_steps is not None and config.max_steps < 0:
-        raise ValueError(f"--max-steps must be >= 0, got {config.max_steps}")
-    parse_grid(config.grid)
+            raise OptionError("minibatch", f"minibatch {size} (per process) at {res}x{res} is not a multiple of "
+                                           f"the minibatch-stddev group size {group}; give --minibatch "
+                                           f"{res}:{larger} (or another multiple of {group}), or change "
+                                           f"--mbstd-group-size")
+    levels = len(config.schedule().resolutions)
+    if config.fmap_base < 2 ** levels:  # the official widths: fmap_base / 2**stage channels
+        raise OptionError("fmap_base", f"--fmap-base {config.fmap_base} leaves no channels at "
+                                       f"{config.resolution}x{config.resolution}; use --fmap-base >= {2 ** levels}")
+    try:
+        parse_grid(config.grid)
+    except (argparse.ArgumentTypeError, AttributeError):
+        raise OptionError("grid", f"--grid expects COLSxROWS with positive numbers (e.g. 8x4), got "
+                                  f"{config.grid!r}") from None
+
+
+def check_environment(config: TrainConfig, resumed: bool = False) -> None:
+    """What the configuration asks of this machine: the folders it reads or writes, the device and the backend
+    (ValueError naming the option). Run before any work, after check_values."""
+    if config.data is not None and resumed and not Path(config.data).is_dir():
+        raise OptionError("data", f"the run's image folder {config.data!r} does not exist any more (moved or "
+                                  f"deleted?); a resumed run trains on the same images: put them back there")
+    if config.data is not None:
+        cli.existing_folder("--data", config.data, "a folder of images")
+    if config.cache_dir is not None:
+        cli.folder_to_write("--cache-dir", config.cache_dir)
+    if config.device != "auto":
+        cli.device("--device", config.device)
+    if config.backend in ACCELERATED:
+        device = config.device if config.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        reason = unavailable_reason(config.backend, torch.device(device))
+        if reason is not None:
+            raise OptionError("backend", f"--backend {config.backend} cannot run on {device}: {reason}; use "
+                                         f"--backend auto (or torch)")
 
 
 def build_networks(config: TrainConfig, models: ModuleType = fast_models) -> Tuple[nn.Module, nn.Module]:

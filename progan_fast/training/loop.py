@@ -6,7 +6,9 @@ Reliability: SIGINT and SIGTERM finish the current step (with several processes:
 checkpoint and return; `python -m progan_fast.train` then exits with 128 + the signal number (130, 143), so a
 supervisor or shell sees an unfinished run. MAX_NONFINITE_STREAK consecutive steps with non-finite losses or
 gradients, or running out of GPU memory, stop the run with TrainingStopped and write nothing more: the last
-checkpoint stays the newest. Every file of the run folder is written under a temporary name and renamed.
+checkpoint stays the newest. Every file of the run folder is written under a temporary name and renamed; the
+folder itself is claimed through run_folder.RunFolder (one trainer at a time, a new run only in a new or empty
+folder) before anything is written into it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .. import cli
 from ..backend import set_backend
 from ..metrics.evaluate import generator_swd
 from . import checkpoint as ckpt
@@ -28,7 +31,8 @@ from .config import TrainConfig, build_networks
 from .data import RealImages, prepare_cache
 from .distributed import Distributed
 from .reporting import Reporter
-from .schedule import Phase, Schedule
+from .run_folder import RunFolder, remove_leftovers
+from .schedule import Phase
 from .step import AUTOCAST_DTYPES, TrainStep
 from .ticks import SampleGrids, Ticks
 
@@ -45,12 +49,6 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if amp == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
     return amp
-
-
-def new_run_dir(root: Path, label: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name[:5]) for p in root.iterdir() if p.name[:5].isdigit()]
-    return root / f"{max(numbers, default=-1) + 1:05d}-{label}"
 
 
 class Trainer:
@@ -71,8 +69,7 @@ class Trainer:
             net.to(device, memory_format=memory_format)
         self.dist.broadcast_parameters([G, D])
         self.gan = TrainStep(G, D, config, device, AUTOCAST_DTYPES[self.amp], self.dist)
-        self.schedule = Schedule(config.resolution, round(config.stable_kimg * 1000), round(config.fade_kimg * 1000),
-                                 config.minibatch)
+        self.schedule = config.schedule()
         self.alpha = torch.zeros((), device=device)  # of fade-in steps, filled from the schedule
         self.ticks = Ticks(config.tick_kimg)
         self.last_checkpoint: Optional[Path] = resume
@@ -81,36 +78,49 @@ class Trainer:
         self.last_resolution, self.last_alpha = 4, 1.0  # of the latest step
         self.swd_results: Dict[str, dict] = {}
 
-        if resume is not None:
-            run_state.restore(self, resume)
-        cache = prepare_cache(config.data, config.resolution, config.cache_dir, build=self.dist.is_main)
-        self.run_dir = self._make_run_dir(resume) if self.dist.is_main else None  # only rank 0 writes files
-        self.data = RealImages(cache, config.seed, config.mirror, device, self.channels_last,
-                               self.dist.rank, self.dist.world_size)
-        self.reporter = Reporter(self.run_dir, self.schedule.total_images, self.shown, config.progress,
-                                 config.tensorboard)
-        self.reporter.message(f"Run folder: {self.run_dir}  device: {device}  amp: {self.amp}  processes: "
-                              f"{self.dist.world_size}  images: {self.data.count}")
-        if self.dist.is_main:
-            self._tidy_run_dir(resume)
-        self.grids = SampleGrids(config, G.latent_size, device, self.run_dir, self.reporter)
+        self.folder: Optional[RunFolder] = None
+        try:
+            if resume is not None:
+                with cli.activity(f"loading checkpoint {resume}"):
+                    run_state.restore(self, resume)
+            cache = prepare_cache(config.data, config.resolution, config.cache_dir, build=self.dist.is_main)
+            self.run_dir = self._claim_run_dir(resume) if self.dist.is_main else None  # only rank 0 writes files
+            self.data = RealImages(cache, config.seed, config.mirror, device, self.channels_last,
+                                   self.dist.rank, self.dist.world_size)
+            self.reporter = Reporter(self.run_dir, self.schedule.total_images, self.shown, config.progress,
+                                     config.tensorboard)
+            self.reporter.message(f"Run folder: {self.run_dir}  device: {device}  amp: {self.amp}  processes: "
+                                  f"{self.dist.world_size}  images: {self.data.count}")
+            if self.dist.is_main:
+                self._tidy_run_dir(resume)
+            self.grids = SampleGrids(config, G.latent_size, device, self.run_dir, self.reporter)
+        except BaseException:  # nothing started: the process group and the run folder are released
+            self.close()
+            raise
 
-    def _make_run_dir(self, resume: Optional[Path]) -> Path:
+    def _claim_run_dir(self, resume: Optional[Path]) -> Path:
+        """Lock the run folder (RunFolder.claim says which one and refuses one that may not be used) and write
+        the configuration into it."""
         config = self.config
-        if config.out:
-            run_dir = Path(config.out)
-        elif resume is not None:
-            run_dir = ckpt.run_dir_of(resume)
-        else:
-            run_dir = new_run_dir(Path("runs"), f"{Path(config.data).name if config.data else 'digits'}-"
-                                                f"{config.resolution}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_bytes_durably(run_dir / "config.json", json.dumps(config.to_json(), indent=1).encode())
-        return run_dir
+        label = f"{Path(config.data).name if config.data else 'digits'}-{config.resolution}"
+        self.folder = RunFolder.claim(config.out, resume, config.data, label)
+        try:
+            ckpt.write_bytes_durably(self.folder.path / "config.json", json.dumps(config.to_json(), indent=1).encode())
+        except OSError as error:
+            raise ValueError(f"cannot write to the run folder {str(self.folder.path)!r}: "
+                             f"{cli.write_error_text(error)}; free some space or choose another --out") from None
+        return self.folder.path
+
+    def close(self) -> None:
+        """Give up the run folder and leave the process group (after run(), or when starting failed)."""
+        if self.folder is not None:
+            self.folder.release()
+            self.folder = None
+        self.dist.close()
 
     def _tidy_run_dir(self, resume: Optional[Path]) -> None:
         """Remove what a killed run left half-written; on resume, set later checkpoints aside."""
-        for name in ckpt.remove_leftovers(self.run_dir):
+        for name in remove_leftovers(self.run_dir):
             self.reporter.message(f"Removed {name}, left over from an interrupted run")
         if resume is None:
             return
@@ -139,7 +149,8 @@ class Trainer:
     def run(self) -> dict:
         """Train to the end of the schedule (or --max-steps, or a SIGINT/SIGTERM); the summary of the run.
         A stop by signal is summarized with "stopped_by_signal" (its name)."""
-        with self._stop_on_signals():
+        with self._stop_on_signals(), cli.activity("training", f"continue from the last checkpoint with --resume "
+                                                               f"{self.run_dir}"):
             try:
                 self._train()
             finally:

@@ -8,12 +8,13 @@ images shown, ticks, skipped updates, speed, SWD results) and its configuration.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import torch
 
+from ..cli import Number, OptionError
 from . import checkpoint as ckpt
-from .config import TrainConfig, build_networks
+from .config import TrainConfig, build_networks, check_values
 
 if TYPE_CHECKING:
     from .loop import Trainer
@@ -38,6 +39,88 @@ def contents(trainer: "Trainer") -> Tuple[Dict[str, Dict[str, torch.Tensor]], Di
     return weights, tensors, state
 
 
+COUNTER = Number(int, 0)
+FRACTION = Number(float, 0, 1)
+SECONDS = Number(float, 0)
+
+
+def load_state(checkpoint: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """The training state of a verified checkpoint (JSON, tensors), its JSON checked field by field
+    (state_problem): CheckpointError naming the first field that is missing, of the wrong type or out of range."""
+    state, tensors = ckpt.load_state(checkpoint)
+    problem = state_problem(state)
+    if problem:
+        raise ckpt.CheckpointError(f"{str(Path(checkpoint) / ckpt.STATE_JSON)!r} is not a valid training state: "
+                                   f"{problem} (the file was edited, or written by another version of "
+                                   f"progan_fast); resume from another checkpoint: {ckpt.HOW_TO_RESUME}")
+    return state, tensors
+
+
+def state_problem(state: dict) -> Optional[str]:
+    """None when the JSON of a training state (what `contents` writes) can be restored, else the first field that
+    cannot, and why. ckpt.load_state has checked that every key is there."""
+    if not isinstance(state["config"], dict):
+        return f"config must be a JSON object, got {state['config']!r}"
+    try:
+        config = TrainConfig.from_json(state["config"])
+        check_values(config)
+    except OptionError as error:
+        return f"config.{error.field}: {error}"
+    for name, rule in (("step", COUNTER), ("images_shown", COUNTER), ("ticks", COUNTER), ("skipped_steps", COUNTER),
+                       ("alpha", FRACTION)):
+        if rule.problem(state[name]):
+            return f"{name} {rule.problem(state[name])}"
+    resolutions = config.schedule().resolutions
+    for name in ("resolution", "optimizer_resolution"):
+        value = state[name]
+        if not (value is None and name == "optimizer_resolution") and \
+                (not COUNTER.fits(value) or value not in resolutions):
+            return f"{name} must be one of the run's resolutions {resolutions}, got {value!r}"
+    if not isinstance(state["optimizers"], dict):
+        return f"optimizers must be a JSON object, got {state['optimizers']!r}"
+    if state["optimizer_resolution"] is not None:
+        for key in ("G", "D"):
+            problem = _optimizer_problem(state["optimizers"].get(key), config)
+            if problem:
+                return f"optimizers.{key}{problem}"
+    for key in ("G", "D"):
+        scaler = state["scalers"].get(key) if isinstance(state["scalers"], dict) else None
+        if not isinstance(scaler, dict) or not all(Number().fits(value) for value in scaler.values()) or \
+                not Number(float, 0, low_open=True).fits(scaler.get("scale")):
+            return f"scalers.{key} must be a loss scaler's state (numbers, with a scale > 0), got {scaler!r}"
+    speeds = state["stage_speed"]
+    if not isinstance(speeds, dict) or not all(
+            isinstance(speed, dict) and COUNTER.fits(speed.get("images")) and SECONDS.fits(speed.get("seconds"))
+            for speed in speeds.values()):
+        return f"stage_speed must map resolutions to {{\"images\": count, \"seconds\": time}}, got {speeds!r}"
+    swd = state["swd"]
+    if not isinstance(swd, dict) or not all(isinstance(result, dict) and all(map(_is_number, result.values()))
+                                            for result in swd.values()):
+        return f"swd must map resolutions to SWD results (numbers by level), got {swd!r}"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optimizer_problem(meta, config: TrainConfig) -> Optional[str]:
+    """None when an optimizer's JSON (optimizer_to_flat's) fits the configuration, else the rest of the message."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list) or \
+            not isinstance(meta.get("state_keys"), dict):
+        return f" must be an optimizer's state (param_groups and state_keys), got {meta!r}"
+    settings = {"lr": config.lr, "betas": [config.beta1, config.beta2], "eps": config.adam_eps}
+    for index, group in enumerate(meta["param_groups"]):
+        for name, expected in settings.items():
+            if not isinstance(group, dict) or group.get(name) != expected:
+                found = group.get(name) if isinstance(group, dict) else group
+                return f".param_groups[{index}].{name} must equal the configuration's ({expected!r}), got {found!r}"
+    if not all(isinstance(names, list) and all(isinstance(name, str) for name in names)
+               for names in meta["state_keys"].values()):
+        return f".state_keys must map parameters to lists of names, got {meta['state_keys']!r}"
+    return None
+
+
 def restore(trainer: "Trainer", checkpoint: Path) -> None:
     """Put the trainer where it was when `checkpoint` was written; CheckpointError if the checkpoint cannot be."""
     try:
@@ -52,7 +135,7 @@ def restore(trainer: "Trainer", checkpoint: Path) -> None:
 
 def _restore_verified(trainer: "Trainer", checkpoint: Path) -> None:
     gan = trainer.gan
-    state, tensors = ckpt.load_state(checkpoint)
+    state, tensors = load_state(checkpoint)
     for key, net in (("G", gan.G), ("G_ema", gan.G_ema), ("D", gan.D)):
         weights = ckpt.load_weights(checkpoint, key)
         ckpt.check_fits(net, weights, checkpoint, key)
@@ -74,7 +157,7 @@ def _restore_verified(trainer: "Trainer", checkpoint: Path) -> None:
 def load_generator(path: str, device="cpu", ema: bool = True) -> Tuple[torch.nn.Module, dict, TrainConfig]:
     """The (EMA) generator of a checkpoint or run folder, its training state (JSON) and its configuration."""
     checkpoint = ckpt.find_checkpoint(path)
-    state, _ = ckpt.load_state(checkpoint)
+    state, _ = load_state(checkpoint)
     config = TrainConfig.from_json(state["config"])
     G, _ = build_networks(config)
     G.load_state_dict(ckpt.load_weights(checkpoint, "G_ema" if ema else "G"))

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List
 
+from ..cli import OptionError
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -31,15 +33,13 @@ class Phase:
 class Schedule:
     def __init__(self, resolution: int, stable_images: int, fade_images: int, minibatch: Dict[int, int]):
         if stable_images < 0 or fade_images < 0:
-            raise ValueError(f"stable and fade phase lengths must be >= 0 images, got {stable_images} and "
-                             f"{fade_images}")
-        if stable_images + fade_images == 0:
-            raise ValueError("stable and fade phases are both 0 images long: nothing to train; raise --stable-kimg")
+            raise OptionError("stable_kimg", f"stable and fade phase lengths must be >= 0 images, got "
+                                             f"{stable_images} and {fade_images}")
         self.resolutions = [4 * 2 ** k for k in range(int(math.log2(resolution)) - 1)]
         missing = [res for res in self.resolutions if res not in minibatch]
         if missing:
-            raise ValueError(f"no minibatch size for resolution(s) {missing}; give them with --minibatch "
-                             f"RES:SIZE,... (e.g. --minibatch {missing[0]}:16)")
+            raise OptionError("minibatch", f"no minibatch size for resolution(s) {missing}; give them with "
+                                           f"--minibatch RES:SIZE,... (e.g. --minibatch {missing[0]}:16)")
         self.minibatch = {res: minibatch[res] for res in self.resolutions}
         self.phases: List[Phase] = []
         start = 0
@@ -48,6 +48,9 @@ class Schedule:
                 if length > 0:
                     self.phases.append(Phase(res, fading, start, length))
                     start += length
+        if start == 0:
+            raise OptionError("stable_kimg", f"--stable-kimg and --fade-kimg leave no images to train up to "
+                                             f"{resolution}x{resolution} (phases of 0 images); raise --stable-kimg")
         self.total_images = start
 
     def phase_at(self, shown: int) -> Phase:
