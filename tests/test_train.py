@@ -112,8 +112,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, cache_dir)
     single-process gradients of the global batch (with frozen weights, so that every step's gradients are those
     of the same weights) up to fp32 summation order, and the same on every process, bit for bit; while training,
     every process holds the same weights after every step."""
+    # On the CPU (gloo) on any machine: two processes on a one-GPU machine would ask for a second GPU.
     common = TINY + ["--resolution", "8", "--stable-kimg", "0.032", "--fade-kimg", "0.032", "--mbstd-group-size", "1",
-                     "--tensorboard", "off", "--swd-images", "0", "--cache-dir", cache_dir]
+                     "--tensorboard", "off", "--swd-images", "0", "--cache-dir", cache_dir, "--device", "cpu"]
     one = train_and_record(common + ["--minibatch", "4:8,8:8", "--lr", "0", "--out", str(tmp_path / "one")])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
