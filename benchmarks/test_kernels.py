@@ -1,6 +1,7 @@
 """Kernel throughput: every public op on every backend (torch, triton, cuda, and the eager conv chain) at the
-shapes of ProGAN training, forward, backward and forward+backward, the sweep's most important sizes first.
-Outputs and gradients are checked against the torch backend in fp32 before timing."""
+shapes of ProGAN training, in the trainer's GPU layout (channels_last), forward, backward and forward+backward,
+the sweep's most important sizes first. Outputs and gradients are checked against the torch backend in fp32
+before timing."""
 import pytest
 
 from benchmarks.harness import cases, kernels, timing
@@ -16,7 +17,7 @@ def _checked(case, backend, device):
     key = (case.id, backend)
     if key not in _check_results:
         try:
-            _check_results[key] = kernels.check_against_torch(case, backend, device)
+            _check_results[key] = kernels.check_against_torch(case, backend, device, channels_last=True)
         except AssertionError as mismatch:
             _check_results[key] = str(mismatch)
     if isinstance(_check_results[key], str):
@@ -38,7 +39,7 @@ def test_kernel(benchmark, case, backend, pass_, device, ceilings, kernel_budget
         pytest.skip(f"the {SWEEP.name} sweep's kernel time budget ({SWEEP.kernel_budget_seconds:.0f} s) is spent")
     max_error = _checked(case, backend, device)
     set_bytes = case.cost("forward")[1]
-    input_sets = [case.make_inputs(device, seed)
+    input_sets = [case.make_inputs(device, seed, channels_last=True)
                   for seed in range(timing.rotation_count(set_bytes, l2_cache_bytes(device)))]
     call = kernels.timed_call(case, backend, pass_, input_sets)
     first_estimate = timing.median_seconds(call, warmup=min(3, SWEEP.min_rounds), reps=SWEEP.min_rounds,

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks.harness import cases, environment, kernels, reports, stages, steps
+from benchmarks.harness import cases, environment, kernels, reports, stages, steps, warmup
 from benchmarks.harness.pytest_plugin import parse_shard, shard_slice
 from progan_fast.training.config import OFFICIAL_MINIBATCH
 
@@ -25,7 +25,7 @@ def test_the_plan_fits_the_loan(tmp_path):
     assert len(stages.OUT_FILES) <= 8 and all("/" not in name for name in stages.OUT_FILES)
     plan = stages.plan(stages.GPU, sys.executable, tmp_path)
     assert [stage.number for stage in plan] == [1, 2, 3, 4, 5]
-    assert len(plan[1].jobs) == stages.GPU.parity_shards and plan[1].parallel
+    assert len(plan[1].jobs) == stages.GPU.parity_shards + stages.GPU.warmup_shares and plan[1].parallel
     # Every command runs from the checkout: python -m, no installation, no network.
     assert all(job.argv[:2] == [sys.executable, "-m"] for stage in plan for job in stage.jobs)
     assert not any("pip" in job.argv for stage in plan for job in stage.jobs)
@@ -232,3 +232,19 @@ def test_environment_facts_without_a_gpu(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     assert environment.extension_build()["status"] == "no nvcc"
+
+
+def test_warmup_builds_its_share_of_the_jit_compiled_columns(capsys):
+    warmup.main(["dry", "2/2"])  # the dry sweep's step resolutions are 8 and 4: the second share is 4x4
+    printed = capsys.readouterr().out
+    assert "4x4: progan_fast triton bf16 + channels_last built in" in printed and "8x8" not in printed
+
+
+def test_kernel_inputs_come_in_the_trainers_gpu_layout():
+    case = cases.OpCase("G conv0 up", "equalized_conv2d", 8, 2, 5, 6, 4, "fp32", 3,
+                        (("activation", "lrelu"), ("pixel_norm", True), ("upsample", True)))
+    plain, laid_out = case.make_inputs("cpu"), case.make_inputs("cpu", channels_last=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, laid_out))
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in laid_out[:2])  # feature map, weight
+    assert not plain[0].is_contiguous(memory_format=torch.channels_last)
+    assert kernels.check_against_torch(case, "triton", "cpu", channels_last=True) < 1e-5

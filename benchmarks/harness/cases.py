@@ -158,11 +158,14 @@ class OpCase:
             return [feature, (self.out_channels, c, self.kernel, self.kernel), (self.out_channels,)]
         return [feature]
 
-    def make_inputs(self, device, seed: int = 0) -> List[torch.Tensor]:
-        """Random N(0, 1) inputs (never zeros), requiring grad where the op is differentiated."""
+    def make_inputs(self, device, seed: int = 0, channels_last: bool = False) -> List[torch.Tensor]:
+        """Random N(0, 1) inputs (never zeros), requiring grad where the op is differentiated; channels_last:
+        the 4-D ones (feature maps, conv weights) in that layout, as the trainer keeps them on a GPU."""
         generator = torch.Generator(device=device).manual_seed(seed)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         # Drawn in fp32 then cast, so that every dtype of a case sees the same values.
-        return [torch.randn(shape, generator=generator, device=device).to(self.dtype)
+        return [torch.randn(shape, generator=generator, device=device)
+                .to(self.dtype, memory_format=layout if len(shape) == 4 else torch.contiguous_format)
                 .requires_grad_(len(self.passes) > 1) for shape in self.input_shapes()]
 
     def macs(self) -> int:

@@ -69,7 +69,8 @@ def kernel_report(rows: List[Dict[str, object]], facts: Dict[str, object]) -> Re
     add_speedups(rows)
     return Report(
         "progan_fast kernel throughput", facts, {KERNEL_SUMMARY: summarize_kernels(rows), "all cases": rows},
-        ["Median GPU time per call (CUDA events, after warm-up, inputs rotated beyond L2). GB/s and TFLOP/s "
+        ["Median GPU time per call (CUDA events, after warm-up, inputs rotated beyond L2), feature maps and conv "
+         "weights channels_last as the trainer keeps them on a GPU. GB/s and TFLOP/s "
          "count the minimum traffic and work of each pass; pct_copy and pct_matmul are fractions of the "
          "ceilings measured in this run (device copy counting read + write, bf16 matmul). `eager` is the conv "
          "block as plain eager PyTorch (cuDNN conv with bias, LeakyReLU, PixelNorm)."])

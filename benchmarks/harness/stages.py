@@ -6,7 +6,8 @@ valuable first, each stage under its own time cap and writing its results as soo
 1. environment: versions, nvidia-smi, device properties, the copy and bf16-matmul ceilings; the CUDA extension
    build;
 2. GPU parity: the tests of tests/ that compare every op and backend with the torch reference on the GPU (fp32,
-   bf16, fp16; forward, backward, double backward), in parallel processes (Triton compiles on the CPU);
+   bf16, fp16; forward, backward, double backward), in parallel processes (Triton compiles on the CPU), and
+   beside them the step table's JIT-compiled columns compiled ahead into Triton's and inductor's disk caches;
 3. the training-step table (benchmarks/test_training_steps.py, quick sweep);
 4. the kernel benchmarks (benchmarks/test_kernels.py, quick sweep: the most important sizes first);
 5. with the time left: the trainer's tests on the GPU, the rest of the full kernel sweep and step table (added
@@ -94,6 +95,7 @@ class Mode:
     deadline_seconds: float  # the whole run
     caps: Sequence[float]  # of stages 1..4; stage 5 gets what is left
     parity_shards: int
+    warmup_shares: int  # processes compiling ahead for the step table beside the parity tests
     fuzz_cases: int
     sample_every: int  # of the test selections (dry runs run a sample)
     quick_sweep: str
@@ -101,8 +103,8 @@ class Mode:
     compile_seconds: float  # of stage 3, kept for the torch.compile column
 
 
-GPU = Mode(False, 530.0, (100.0, 150.0, 180.0, 80.0), 4, 6, 1, "quick", "full", 60.0)
-DRY = Mode(True, 600.0, (240.0, 120.0, 150.0, 120.0), 2, 1, 10, "dry", "dry-full", 40.0)
+GPU = Mode(False, 530.0, (100.0, 150.0, 180.0, 80.0), 6, 3, 6, 1, "quick", "full", 60.0)
+DRY = Mode(True, 600.0, (240.0, 150.0, 150.0, 120.0), 2, 1, 1, 10, "dry", "dry-full", 40.0)
 
 
 def pytest_command(python: str, paths: Sequence[str], *options: str) -> List[str]:
@@ -135,6 +137,10 @@ def plan(mode: Mode, python: str, work: pathlib.Path) -> List[Stage]:
     if not mode.dry:  # the shards share the CPU cores (Triton compiles on the host)
         for job in parity:
             job.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or shards) // shards))
+    shares = mode.warmup_shares
+    warmup = [Job(f"compiling ahead for the step table, {i} of {shares}",
+                  [python, "-m", "benchmarks.harness.warmup", mode.quick_sweep, f"{i}/{shares}"])
+              for i in range(1, shares + 1)]
     other_tests = ["tests"] + [f"--ignore={path}" for path in PARITY_TESTS + TRAINER_TESTS if "::" not in path] + \
         [f"--deselect={path}" for path in PARITY_TESTS if "::" in path]
     rest = [tests_job("trainer tests", python, TRAINER_TESTS, work / "trainer.jsonl", *sample),
@@ -149,7 +155,7 @@ def plan(mode: Mode, python: str, work: pathlib.Path) -> List[Stage]:
         Stage(1, "environment + CUDA extension build", mode.caps[0], [Job(
             "facts, ceilings, build", [python, "-m", "benchmarks.harness.environment", str(work / "environment.json")]
             + (["--dry-run"] if mode.dry else []))]),
-        Stage(2, "GPU parity tests", mode.caps[1], parity, parallel=True),
+        Stage(2, "GPU parity tests", mode.caps[1], parity + warmup, parallel=True),
         # The table's columns at every resolution, then the slow-to-build torch.compile column with the time kept
         # for it (and whatever the others left).
         Stage(3, "training-step table", mode.caps[2], [
