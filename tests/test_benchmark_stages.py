@@ -21,7 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_the_plan_fits_the_loan(tmp_path):
     """9 minutes for the command (a 10-minute limit), at most 8 files straight in OUT, stages 1-4 leave time."""
-    assert stages.GPU.deadline_seconds <= 540 and sum(stages.GPU.caps) < stages.GPU.deadline_seconds
+    # The last command stopped at the deadline may take its grace period and the SIGKILL wait on top.
+    assert stages.GPU.deadline_seconds + stages.STOP_GRACE_SECONDS + 5 <= 540
+    assert sum(stages.GPU.caps) < stages.GPU.deadline_seconds
     assert len(stages.OUT_FILES) <= 8 and all("/" not in name for name in stages.OUT_FILES)
     plan = stages.plan(stages.GPU, sys.executable, tmp_path)
     assert [stage.number for stage in plan] == [1, 2, 3, 4, 5]

@@ -103,7 +103,7 @@ class Mode:
     compile_seconds: float  # of stage 3, kept for the torch.compile column
 
 
-GPU = Mode(False, 530.0, (100.0, 150.0, 180.0, 80.0), 6, 3, 6, 1, "quick", "full", 60.0)
+GPU = Mode(False, 515.0, (100.0, 150.0, 170.0, 75.0), 6, 3, 6, 1, "quick", "full", 60.0)
 DRY = Mode(True, 600.0, (240.0, 150.0, 150.0, 120.0), 2, 1, 1, 10, "dry", "dry-full", 40.0)
 
 
@@ -434,17 +434,20 @@ def summary_text(record: Dict[str, object], folder: pathlib.Path) -> str:
         if part:
             lines += [""] + part
     present = [name for name in OUT_FILES if (folder / name).is_file()]
-    lines += ["", f"files: {', '.join(present)}"]
+    lines += ["", f"files ({len(present)}): {', '.join(present)}", f"in {folder}"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/run_gpu.sh", description="The staged GPU benchmark run.")
     parser.add_argument("out", nargs="?", type=pathlib.Path, default=None,
-                        help=f"results folder (default ${reports.ENV_OUT}, else benchmarks/results)")
+                        help=f"results folder (default ${reports.ENV_OUT}, else benchmarks/results; for a dry run "
+                             "a new temporary folder, so that its numbers never mix with a GPU's)")
     parser.add_argument("--dry-run", action="store_true",
                         help="every stage on the CPU at tiny sizes, to prove the script without a GPU")
     args = parser.parse_args(argv)
+    if args.out is None and args.dry_run:
+        args.out = pathlib.Path(tempfile.mkdtemp(prefix="progan_fast_dry_run_"))
     out = (args.out or reports.results_folder()).resolve()
     return Run(DRY if args.dry_run else GPU, out).run()
 
