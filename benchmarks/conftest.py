@@ -1,7 +1,11 @@
-"""Benchmark session: the sweep ($PROGAN_FAST_BENCH = quick | full), GPU-only skipping with the reason,
-the measured ceilings, and the reports written at the end into $PROGAN_FAST_BENCH_OUT (default
-benchmarks/results): kernels.{json,md} and training_steps.{json,md}."""
+"""Benchmark session: the sweep ($PROGAN_FAST_BENCH = quick | full | dry | dry-full), GPU-only skipping with
+the reason (except in dry runs, which run on the CPU), the measured ceilings, and the reports in
+$PROGAN_FAST_BENCH_OUT (default benchmarks/results): kernels.{json,md} and training_steps.{json,md}, written
+every REWRITE_SECONDS while the benchmarks run and at the end, so a run cut short keeps what it measured.
+With $PROGAN_FAST_BENCH_APPEND=1 the session adds to the reports already there and skips what they hold."""
+import os
 import pathlib
+import time
 
 import pytest
 
@@ -9,15 +13,27 @@ from benchmarks.harness import cases, reports, timing
 from benchmarks.harness.device import device_facts, gpu_skip_reason
 
 SWEEP = cases.Sweep.from_env()
-GPU_SKIP_REASON = gpu_skip_reason()
+GPU_SKIP_REASON = None if SWEEP.dry else gpu_skip_reason()
+ENV_APPEND = "PROGAN_FAST_BENCH_APPEND"
+REWRITE_SECONDS = 10.0
 HERE = pathlib.Path(__file__).resolve().parent
 _ceilings = {}
-_kernel_rows, _step_rows, _written = [], [], []
+_kernel_rows, _step_rows = [], []
+_earlier = {"sweeps": []}  # the sweeps of the reports this session adds to
+_written = {"paths": [], "rows": 0, "at": 0.0}
 
 
 def pytest_configure(config):
     if not config.pluginmanager.hasplugin("benchmark"):
         config.addinivalue_line("markers", "benchmark: pytest-benchmark settings (the plugin is not installed)")
+    if os.environ.get(ENV_APPEND) == "1":
+        folder = reports.results_folder()
+        for name, rows in ((reports.KERNELS, _kernel_rows), (reports.TRAINING_STEPS, _step_rows)):
+            earlier = reports.read_report(folder, name)
+            if earlier:
+                rows.extend(earlier["tables"][reports.ALL_ROWS[name]])
+                _earlier["sweeps"].append(earlier["facts"].get("sweep"))
+        _written["rows"] = len(_kernel_rows) + len(_step_rows)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,13 +51,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def device():
-    return "cuda"
+    return SWEEP.device
 
 
 @pytest.fixture(scope="session")
 def ceilings(device):
     if not _ceilings:
-        _ceilings.update(timing.measure_ceilings(device))
+        _ceilings.update(timing.measure_ceilings(device, *SWEEP.ceiling_sizes, host_clock=SWEEP.dry))
     return _ceilings
 
 
@@ -67,18 +83,33 @@ def step_rows():
 
 def _facts():
     facts = device_facts()
-    facts.update(sweep=SWEEP.name, **{f"ceiling_{key}": round(value, 1) for key, value in _ceilings.items()})
+    facts.update(sweep=" + ".join(_earlier["sweeps"] + [SWEEP.name]),
+                 clock="host clock: a dry run on the CPU, at tiny sizes; it proves the code, its times say nothing"
+                 if SWEEP.dry else "CUDA events",
+                 **{f"ceiling_{key}": round(value, 1) for key, value in _ceilings.items()})
     return facts
 
 
-def pytest_sessionfinish(session, exitstatus):
-    folder = reports.results_folder()
+def _write_reports() -> None:
+    folder, written = reports.results_folder(), []
     if _kernel_rows:
-        _written.extend(reports.kernel_report(_kernel_rows, _facts()).write(folder, reports.KERNELS))
+        written += reports.kernel_report(_kernel_rows, _facts()).write(folder, reports.KERNELS)
     if _step_rows:
-        _written.extend(reports.training_step_report(_step_rows, _facts()).write(folder, reports.TRAINING_STEPS))
+        written += reports.training_step_report(_step_rows, _facts()).write(folder, reports.TRAINING_STEPS)
+    _written.update(paths=written, rows=len(_kernel_rows) + len(_step_rows), at=time.monotonic())
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    if len(_kernel_rows) + len(_step_rows) > _written["rows"] and \
+            time.monotonic() - _written["at"] > REWRITE_SECONDS:
+        _write_reports()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _kernel_rows or _step_rows:
+        _write_reports()
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _written:
-        terminalreporter.write_line("benchmark reports: " + ", ".join(map(str, _written)))
+    if _written["paths"]:
+        terminalreporter.write_line("benchmark reports: " + ", ".join(map(str, _written["paths"])))

@@ -1,8 +1,9 @@
 """Op cases: every public op at the shapes it has in ProGAN training (official widths and minibatch sizes, from
 the official preset), their cost model (FLOPs and the minimum DRAM traffic of each pass), and the sweeps that
-choose which cases and steps a benchmark run covers."""
+choose which cases and steps a benchmark run covers (and the dry run's tiny sizes)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ import torch
 
 from progan_fast.architecture import Widths
 from progan_fast.backend import ACCELERATED, KERNEL_DTYPES
-from progan_fast.training.config import OFFICIAL_MINIBATCH, PRESETS
+from progan_fast.training.config import OFFICIAL_MINIBATCH, TrainConfig, preset_config
 
 RESOLUTIONS = tuple(OFFICIAL_MINIBATCH)  # 4 .. 1024
+# Most of the official schedule's time first (more images and more work per image at the high resolutions), so
+# that a sweep cut short by its time budget loses the least important sizes.
+BY_IMPORTANCE = tuple(reversed(RESOLUTIONS))
 # The kernels' storage dtypes by the short names of the reports (and of --amp), in report order.
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items() if dtype in KERNEL_DTYPES}
@@ -22,14 +26,21 @@ PASSES = ("forward", "backward", "forward+backward")
 EAGER = "eager"  # the plain eager chain a user would write: cuDNN conv (+bias) -> LeakyReLU -> PixelNorm
 KERNEL_BACKENDS = ("torch", EAGER) + ACCELERATED
 SQRT2 = math.sqrt(2.0)
-_WIDTHS = Widths(1024, PRESETS["official"]["fmap_base"], PRESETS["official"]["fmap_max"])
+OFFICIAL = dataclasses.replace(preset_config("official"), resolution=1024)
+# The dry run's networks and batches: the official settings otherwise, small enough for the Triton interpreter.
+DRY_RUN = dataclasses.replace(OFFICIAL, resolution=8, fmap_base=32, fmap_max=16, minibatch={4: 4, 8: 4})
 
-ENV_MODE = "PROGAN_FAST_BENCH"  # quick (default) or full
+ENV_MODE = "PROGAN_FAST_BENCH"  # quick (default), full or dry
+ENV_SECONDS = "PROGAN_FAST_BENCH_SECONDS"  # overrides the sweep's time budgets (the staged run's stage caps)
 
 
-def channels(resolution: int) -> int:
-    """Official feature maps at a resolution: nf(log2(res) - 1) = min(8192 / 2**stage, 512)."""
-    return _WIDTHS.nf(int(math.log2(resolution)) - 1)
+def widths(config: TrainConfig) -> Widths:
+    return Widths(config.resolution, config.fmap_base, config.fmap_max)
+
+
+def channels(resolution: int, config: TrainConfig = OFFICIAL) -> int:
+    """Feature maps at a resolution: nf(log2(res) - 1) = min(fmap_base / 2**stage, fmap_max) (official: 8192, 512)."""
+    return widths(config).nf(int(math.log2(resolution)) - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,29 +48,60 @@ def channels(resolution: int) -> int:
 
 @dataclass(frozen=True)
 class Sweep:
-    """What `pytest benchmarks/` runs: the quick sweep fits the one-command GPU run (< 10 minutes)."""
+    """What `pytest benchmarks/` runs. quick: the staged GPU run's stages; full: every resolution and dtype;
+    dry: the same code on CPU at tiny sizes, timed by the host clock (CUDA events need a GPU), torch.compile with
+    aot_eager (inductor generates C++ on a CPU, not the GPU's Triton code, and takes a minute a graph there)."""
 
     name: str
-    resolutions: Tuple[int, ...]
+    resolutions: Tuple[int, ...]        # of the kernel cases, in the order they run
     dtypes: Tuple[str, ...]
-    seconds_per_benchmark: float        # GPU time spent in the timed rounds of one kernel benchmark
+    seconds_per_benchmark: float        # time spent in the timed rounds of one kernel benchmark
     kernel_budget_seconds: float        # all kernel benchmarks; the rest skip once it is spent
-    step_warmup: int                    # training steps per column before timing
-    step_rounds: int                    # timed training steps per column (interleaved)
+    step_warmup: int                    # training steps per column and phase before timing
+    step_rounds: int                    # timed training steps per column and phase (interleaved)
     compile_resolutions: Tuple[int, ...]  # where the torch.compile column runs (compiling is slow)
     step_budget_seconds: float
+    step_resolutions: Tuple[int, ...] = BY_IMPORTANCE
+    min_rounds: int = 5                 # of a kernel benchmark (and the calls of its first estimate)
+    dry: bool = False
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.dry else "cuda"
+
+    @property
+    def compile_backend(self) -> str:
+        return "aot_eager" if self.dry else "inductor"
+
+    @property
+    def ceiling_sizes(self) -> Tuple[int, int]:
+        """(bytes copied, matmul size) of the ceilings: 1 GiB and 8192^3 on a GPU, a CPU's share in dry runs."""
+        return (2 ** 24, 256) if self.dry else (2 ** 30, 8192)
+
+    def config(self, resolution: int) -> TrainConfig:
+        """The training settings and networks of the step table and the kernel cases, up to `resolution`."""
+        return dataclasses.replace(DRY_RUN if self.dry else OFFICIAL, resolution=resolution)
 
     @staticmethod
     def from_env(environ=os.environ) -> "Sweep":
         mode = environ.get(ENV_MODE, "quick").lower()
         if mode not in SWEEPS:
             raise ValueError(f"{ENV_MODE} must be one of {', '.join(SWEEPS)}, got {mode!r}")
-        return SWEEPS[mode]
+        sweep = SWEEPS[mode]
+        if environ.get(ENV_SECONDS):
+            seconds = float(environ[ENV_SECONDS])
+            sweep = dataclasses.replace(sweep, kernel_budget_seconds=seconds, step_budget_seconds=seconds)
+        return sweep
 
 
 SWEEPS = {
-    "quick": Sweep("quick", (4, 16, 64, 256, 1024), ("bf16",), 0.05, 170.0, 2, 6, (64,), 170.0),
-    "full": Sweep("full", RESOLUTIONS, tuple(DTYPES), 0.3, 3600.0, 3, 20, RESOLUTIONS, 3600.0),
+    "quick": Sweep("quick", (1024, 256, 64, 16, 4), ("bf16",), 0.05, 170.0, 2, 6, (64,), 170.0),
+    "full": Sweep("full", BY_IMPORTANCE, tuple(DTYPES), 0.3, 3600.0, 3, 20, RESOLUTIONS, 3600.0),
+    # Dry runs prove the code, not the speed: one call per timing, no warm-up steps.
+    "dry": Sweep("dry", (8,), ("fp32",), 0.0, 120.0, 0, 1, (8,), 120.0, step_resolutions=(8, 4), min_rounds=1,
+                 dry=True),
+    "dry-full": Sweep("dry-full", (8, 4), ("fp32",), 0.0, 120.0, 0, 1, (8, 4), 120.0, step_resolutions=(8, 4),
+                      min_rounds=1, dry=True),
 }
 
 
@@ -116,11 +158,14 @@ class OpCase:
             return [feature, (self.out_channels, c, self.kernel, self.kernel), (self.out_channels,)]
         return [feature]
 
-    def make_inputs(self, device, seed: int = 0) -> List[torch.Tensor]:
-        """Random N(0, 1) inputs (never zeros), requiring grad where the op is differentiated."""
+    def make_inputs(self, device, seed: int = 0, channels_last: bool = False) -> List[torch.Tensor]:
+        """Random N(0, 1) inputs (never zeros), requiring grad where the op is differentiated; channels_last:
+        the 4-D ones (feature maps, conv weights) in that layout, as the trainer keeps them on a GPU."""
         generator = torch.Generator(device=device).manual_seed(seed)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
         # Drawn in fp32 then cast, so that every dtype of a case sees the same values.
-        return [torch.randn(shape, generator=generator, device=device).to(self.dtype)
+        return [torch.randn(shape, generator=generator, device=device)
+                .to(self.dtype, memory_format=layout if len(shape) == 4 else torch.contiguous_format)
                 .requires_grad_(len(self.passes) > 1) for shape in self.input_shapes()]
 
     def macs(self) -> int:
@@ -164,21 +209,22 @@ class OpCase:
         return ((per_element[0] * n, per_element[1] * n + extra), (per_element[2] * n, per_element[3] * n + extra))
 
 
-def op_cases(resolutions: Iterable[int], dtype_names: Iterable[str]) -> List[OpCase]:
-    """The ops of G and D (and the loss) at each training resolution, official widths and batch sizes."""
+def op_cases(resolutions: Iterable[int], dtype_names: Iterable[str], config: TrainConfig = OFFICIAL) -> List[OpCase]:
+    """The ops of G and D (and the loss) at each training resolution, with the widths and batch sizes of `config`
+    (default: the official ones), in the order of `dtype_names`, then `resolutions`."""
     cases: Dict[str, OpCase] = {}
     for dtype_name in dtype_names:
         for res in resolutions:
-            for block, op, c_in, c_out, size, kernel, options in _blocks_at(res):
-                case = OpCase(block, op, res, OFFICIAL_MINIBATCH[res], c_in, c_out, size, dtype_name, kernel,
+            for block, op, c_in, c_out, size, kernel, options in _blocks_at(res, config):
+                case = OpCase(block, op, res, config.minibatch[res], c_in, c_out, size, dtype_name, kernel,
                               tuple(sorted(options.items())))
                 cases.setdefault(case.id, case)
     return list(cases.values())
 
 
-def _blocks_at(res: int):
+def _blocks_at(res: int, config: TrainConfig):
     """(block, op, in_channels, out_channels, size, kernel, options) of one training resolution."""
-    c, half = channels(res), channels(max(res // 2, 4))
+    c, half, c4 = channels(res, config), channels(max(res // 2, 4), config), channels(4, config)
     g_conv = {"activation": "lrelu", "pixel_norm": True}
     blocks = [
         ("G toRGB", "equalized_conv2d", c, 3, res, 1, {"gain": 1.0}),
@@ -187,11 +233,11 @@ def _blocks_at(res: int):
         ("bias_act", "bias_act", c, c, res, 0, {"activation": "lrelu"}),
         ("pixel_norm", "pixel_norm", c, c, res, 0, {}),
         ("gradient_penalty", "gradient_penalty", 3, 3, res, 0, {}),
-        ("D minibatch_stddev", "minibatch_stddev", channels(4), channels(4), 4, 0, {}),
+        ("D minibatch_stddev", "minibatch_stddev", c4, c4, 4, 0, {}),
     ]
     if res == 4:
         blocks += [
-            ("G dense", "equalized_linear", channels(4), channels(4) * 16, 0, 0, {"gain": SQRT2 / 4}),
+            ("G dense", "equalized_linear", c4, c4 * 16, 0, 0, {"gain": SQRT2 / 4}),
             ("G conv 4x4", "equalized_conv2d", c, c, 4, 3, g_conv),
             ("D conv 4x4", "equalized_conv2d", c + 1, c, 4, 3, {"activation": "lrelu"}),
             ("D dense0", "equalized_linear", c * 16, c, 0, 0, {"activation": "lrelu"}),

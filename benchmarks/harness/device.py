@@ -18,6 +18,9 @@ def gpu_skip_reason() -> Optional[str]:
 
 
 def l2_cache_bytes(device) -> int:
+    """The GPU's L2 cache size; 0 for the CPU of a dry run (no input rotation)."""
+    if torch.device(device).type != "cuda":
+        return 0
     return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2 ** 20)
 
 

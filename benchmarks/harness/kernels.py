@@ -67,14 +67,14 @@ def outputs_and_grads(case: OpCase, backend: str, inputs: Sequence[torch.Tensor]
     return [out.detach(), *torch.autograd.grad(out, list(inputs), grad_out)]
 
 
-def check_against_torch(case: OpCase, backend: str, device) -> float:
+def check_against_torch(case: OpCase, backend: str, device, channels_last: bool = False) -> float:
     """Largest relative error (outputs and gradients) of `backend` against the torch backend run in fp32 on
-    the same inputs.
+    the same inputs (channels_last: see OpCase.make_inputs).
 
     Raises AssertionError when it exceeds both CHECK_TOLERANCE and twice the torch backend's own error in
     the case's dtype (bf16 gradients summed over many pixels are that far from fp32): a wrong kernel is not timed.
     """
-    inputs = case.make_inputs(device)
+    inputs = case.make_inputs(device, channels_last=channels_last)
     exact_inputs = [t.detach().float().requires_grad_(t.requires_grad) for t in inputs]
     cudnn = torch.backends.cudnn
     with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,

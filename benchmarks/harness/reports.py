@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .kernels import add_speedups, summarize_kernels
-from .steps import FINAL_RESOLUTION, OFFICIAL_TOTAL_IMAGES, official_config, training_table
+from .steps import FADE_ALPHA, FINAL_RESOLUTION, OFFICIAL_TOTAL_IMAGES, official_config, training_table
 
 ENV_OUT = "PROGAN_FAST_BENCH_OUT"  # results folder (default: benchmarks/results of this checkout)
 KERNELS, TRAINING_STEPS = "kernels", "training_steps"  # report names: KERNELS.json, KERNELS.md, ...
+ALL_ROWS = {KERNELS: "all cases", TRAINING_STEPS: "all measurements"}  # the table of every row, by report
 KERNEL_SUMMARY = "summary per backend and pass"
 STEP_RATES, STEP_PROJECTION = "images per second and peak memory", "projected official schedule"
 
@@ -68,7 +69,8 @@ def kernel_report(rows: List[Dict[str, object]], facts: Dict[str, object]) -> Re
     add_speedups(rows)
     return Report(
         "progan_fast kernel throughput", facts, {KERNEL_SUMMARY: summarize_kernels(rows), "all cases": rows},
-        ["Median GPU time per call (CUDA events, after warm-up, inputs rotated beyond L2). GB/s and TFLOP/s "
+        ["Median GPU time per call (CUDA events, after warm-up, inputs rotated beyond L2), feature maps and conv "
+         "weights channels_last as the trainer keeps them on a GPU. GB/s and TFLOP/s "
          "count the minimum traffic and work of each pass; pct_copy and pct_matmul are fractions of the "
          "ceilings measured in this run (device copy counting read + write, bf16 matmul). `eager` is the conv "
          "block as plain eager PyTorch (cuDNN conv with bias, LeakyReLU, PixelNorm)."])
@@ -80,18 +82,28 @@ def training_step_report(rows: List[Dict[str, object]], facts: Dict[str, object]
     config = official_config()
     return Report(
         "progan_fast training step (WGAN-GP D step + G step + EMA)", facts,
-        {STEP_RATES: table, STEP_PROJECTION: projections, "all measurements": rows},
+        {STEP_RATES: table, STEP_PROJECTION: projections, ALL_ROWS[TRAINING_STEPS]: rows},
         [f"The trainer's own step (progan_fast.training.step.TrainStep) with the official preset's settings: one "
          f"D step (WGAN-GP: lambda {config.gp_weight:g}, drift {config.drift:g}), one G step and the EMA of G "
          f"(beta {config.ema_beta:g}), Adam lr {config.lr:g} betas ({config.beta1:g}, {config.beta2:g}) (fused "
-         "on CUDA), loss scalers that skip non-finite updates, official batch sizes, alpha = 1 (stable phase). "
-         "All columns in one process on the same initial weights and reals, steps interleaved across columns. "
-         "Peak memory: this column's weights (G, D and the EMA of G), gradients and Adam state plus its step's "
-         "working memory. torch.compile covers G and D's forward; the gradient-penalty double backward cannot "
-         f"be compiled and runs eagerly. Projection: the official {FINAL_RESOLUTION} schedule "
-         f"({OFFICIAL_TOTAL_IMAGES / 1e6:g}M images: {config.stable_kimg:g}k at 4x4, then {config.fade_kimg:g}k fade "
-         f"+ {config.stable_kimg:g}k stable per resolution, {FINAL_RESOLUTION} trains on to the total), fade "
-         "phases at the stable rate. '-': not run in this sweep."])
+         "on CUDA), loss scalers that skip non-finite updates, official batch sizes, cudnn.benchmark on (as the "
+         f"trainer sets it). Each cell: a stable step (alpha 1) and a fading step (alpha {FADE_ALPHA:g} as a device "
+         "tensor, as the trainer passes it: G's and D's old branches and the fade of the reals run too); 4x4 "
+         "has no fade. The reals are on the device already (the trainer's data loading is not timed). All columns "
+         "in one process on the same initial weights and reals, steps interleaved across columns (the torch.compile "
+         "column, slow to build, after the others, on its own). Peak memory: "
+         "this column's weights (G, D and the EMA of G), gradients and Adam state plus its step's working memory. "
+         "torch.compile covers G and D's forward; the gradient-penalty double backward cannot be compiled and "
+         f"runs eagerly. Projection: the official {FINAL_RESOLUTION} schedule ({OFFICIAL_TOTAL_IMAGES / 1e6:g}M "
+         f"images: {config.stable_kimg:g}k at 4x4, then {config.fade_kimg:g}k fade + {config.stable_kimg:g}k "
+         f"stable per resolution, {FINAL_RESOLUTION} trains on to the total), fade phases at the fading rate where "
+         "it was measured (fades_at_measured_rate), else at the stable rate. '-': not run in this sweep."])
+
+
+def read_report(folder, name: str) -> Optional[dict]:
+    """The JSON of report `name` in folder, or None when there is none."""
+    path = pathlib.Path(folder) / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def results_folder(environ=os.environ) -> pathlib.Path:

@@ -1,5 +1,6 @@
 """GPU timing: a pytest-benchmark clock read from CUDA events, median GPU times, how many rounds and input sets a
-benchmark uses, the measured ceilings (device copy and bf16 matmul rates), and wall-clock budgets of a sweep."""
+benchmark uses, the measured ceilings (device copy and bf16 matmul rates), and wall-clock budgets of a sweep.
+Dry runs (CPU, no CUDA events) time with the host clock instead: `host_clock=True`."""
 from __future__ import annotations
 
 import math
@@ -73,17 +74,40 @@ def gpu_median_seconds(fn: Callable[[], object], warmup: int = 3, reps: int = 20
     return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
 
 
-def measure_ceilings(device, copy_bytes: int = 2 ** 30, matmul_size: int = 8192) -> Dict[str, float]:
+def host_median_seconds(fn: Callable[[], object], warmup: int = 3, reps: int = 20) -> float:
+    """Median over `reps` calls of the host clock around each call, after `warmup` calls (CPU work is
+    synchronous, so this is its run time)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def median_seconds(fn: Callable[[], object], warmup: int = 3, reps: int = 20, host_clock: bool = False) -> float:
+    return (host_median_seconds if host_clock else gpu_median_seconds)(fn, warmup, reps)
+
+
+def benchmark_timer(host_clock: bool = False) -> Callable[[], float]:
+    """The clock pytest-benchmark reads: CUDA events, or the host clock."""
+    return time.perf_counter if host_clock else CudaEventClock()
+
+
+def measure_ceilings(device, copy_bytes: int = 2 ** 30, matmul_size: int = 8192,
+                     host_clock: bool = False) -> Dict[str, float]:
     """The 100% marks: device-to-device copy rate (read + write bytes) and bf16 matmul rate."""
     def copy_seconds() -> float:
         source = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).normal_()
         target = torch.empty_like(source)
-        return gpu_median_seconds(lambda: target.copy_(source))
+        return median_seconds(lambda: target.copy_(source), host_clock=host_clock)
 
     def matmul_seconds() -> float:
         a = torch.randn(matmul_size, matmul_size, device=device, dtype=torch.bfloat16)
         b = torch.randn_like(a)
-        return gpu_median_seconds(lambda: a @ b)
+        return median_seconds(lambda: a @ b, host_clock=host_clock)
 
     return {"copy_GBps": 2 * copy_bytes / copy_seconds() / 1e9,
             "bf16_matmul_TFLOPs": 2 * matmul_size ** 3 / matmul_seconds() / 1e12}
