@@ -121,11 +121,11 @@ def test_module_to_sets_the_memory_format_and_keeps_the_state_dict():
 
 
 def test_the_trainer_puts_networks_and_reals_in_the_chosen_format(tmp_path):
-    options = ["--resolution", "8", "--fmap-base", "32", "--fmap-max", "8", "--minibatch", "4:4,8:4", "--out",
-               str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--tensorboard", "off", "--progress",
-               "off", "--device", "cpu"]
+    options = ["--resolution", "8", "--fmap-base", "32", "--fmap-max", "8", "--minibatch", "4:4,8:4",
+               "--cache-dir", str(tmp_path / "cache"), "--tensorboard", "off", "--progress", "off", "--device", "cpu"]
     for flag, memory_format in (("on", torch.channels_last), ("off", torch.contiguous_format)):
-        trainer = Trainer(resolve(build_parser().parse_args(options + ["--channels-last", flag])))
+        run = ["--out", str(tmp_path / f"run-{flag}"), "--channels-last", flag]  # a run folder each: each is locked
+        trainer = Trainer(resolve(build_parser().parse_args(options + run)))
         assert trainer.gan.G.memory_format == trainer.gan.D.memory_format == trainer.gan.G_ema.memory_format \
             == memory_format
         assert in_format(trainer.data.batch(0, 4, 8), memory_format)
