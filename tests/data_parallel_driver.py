@@ -3,12 +3,13 @@ process used and holds: its slice of the reals, its slices of the random draws (
 factors), the gradients it applied (averaged over the processes) and its weights.
 
 Under torchrun: `python -m torch.distributed.run --nproc_per_node N tests/data_parallel_driver.py RECORD OPTIONS...`
-runs the trainer with OPTIONS twice in the same processes: with frozen weights (--lr 0, so the gradients of
-every step are those of the same weights) into RECORD-frozen-rank<r>.safetensors, and as given (training) into
-RECORD-training-rank<r>.safetensors.
+runs the trainer with OPTIONS twice in the same processes: with frozen weights (Adam's learning rate set to 0
+after the options' checks, which ask for > 0, so the gradients of every step are those of the same weights) into
+RECORD-frozen-rank<r>.safetensors, and as given (training) into RECORD-training-rank<r>.safetensors.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Dict, List
 
@@ -26,12 +27,15 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
-def train_and_record(options: List[str]) -> Dict[str, torch.Tensor]:
-    """Train with command-line OPTIONS; per step k (from 1): `k/reals`, `k/draw<i>`, `k/grad_<net>` for G and
-    D (the gradients of the parameters that had one) and `k/weights` (G, D and the EMA of G)."""
+def train_and_record(options: List[str], frozen: bool = False) -> Dict[str, torch.Tensor]:
+    """Train with command-line OPTIONS (frozen: with learning rate 0); per step k (from 1): `k/reals`, `k/draw<i>`,
+    `k/grad_<net>` for G and D (the gradients of the parameters that had one) and `k/weights` (G, D and the EMA of
+    G)."""
     config, _ = config_from_args(options)
     trainer = Trainer(config)
     gan, record, draws = trainer.gan, {}, []
+    if frozen:  # the optimizers of every resolution are made from gan.config
+        gan.config = dataclasses.replace(gan.config, lr=0.0)
     draw, batch, train_step = gan._draw, trainer.data.batch, trainer.train_step
 
     def recorded_draw(*args, **kwargs):
@@ -60,8 +64,8 @@ def train_and_record(options: List[str]) -> Dict[str, torch.Tensor]:
 
 def main(argv: List[str]) -> None:
     prefix, options = argv[0], argv[1:]
-    for label, extra in (("frozen", ["--lr", "0"]), ("training", [])):
-        record = train_and_record(options + extra + ["--out", f"{prefix}-{label}"])
+    for label in ("frozen", "training"):
+        record = train_and_record(options + ["--out", f"{prefix}-{label}"], frozen=label == "frozen")
         save_file(record, f"{prefix}-{label}-rank{dist.get_rank() if dist.is_initialized() else 0}.safetensors")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -115,7 +115,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, cache_dir)
     # On the CPU (gloo) on any machine: two processes on a one-GPU machine would ask for a second GPU.
     common = TINY + ["--resolution", "8", "--stable-kimg", "0.032", "--fade-kimg", "0.032", "--mbstd-group-size", "1",
                      "--tensorboard", "off", "--swd-images", "0", "--cache-dir", cache_dir, "--device", "cpu"]
-    one = train_and_record(common + ["--minibatch", "4:8,8:8", "--lr", "0", "--out", str(tmp_path / "one")])
+    one = train_and_record(common + ["--minibatch", "4:8,8:8", "--out", str(tmp_path / "one")], frozen=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(Path(__file__).with_name("data_parallel_driver.py")), str(tmp_path / "two")] + common + \
