@@ -83,7 +83,7 @@ def _save_output(ctx, inputs, output):
     ctx.save_for_backward(output if ctx.lrelu else None)
 
 
-def _backward(ctx, dy):
+def _bias_act_forward_grad(ctx, dy):
     y, = ctx.saved_tensors
     dx = _bias_act_backward(dy, y, ctx.negative_slope) if ctx.lrelu else dy
     db = None if ctx.bias_dtype is None else channel_sums(dx, ctx.dim).to(ctx.bias_dtype)
@@ -95,13 +95,13 @@ def _save_mask_source(ctx, inputs, output):
     ctx.save_for_backward(y)
 
 
-def _backward_of_backward(ctx, grad):
+def _bias_act_backward_grad(ctx, grad):
     y, = ctx.saved_tensors
     return _bias_act_backward(grad, y, ctx.negative_slope), None, None
 
 
-_bias_act_forward.register_autograd(_backward, setup_context=_save_output)
-_bias_act_backward.register_autograd(_backward_of_backward, setup_context=_save_mask_source)
+_bias_act_forward.register_autograd(_bias_act_forward_grad, setup_context=_save_output)
+_bias_act_backward.register_autograd(_bias_act_backward_grad, setup_context=_save_mask_source)
 
 
 def bias_act_triton(x: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str] = None,

@@ -307,7 +307,7 @@ def _save_conv_inputs(ctx, inputs, output):
     ctx.save_for_backward(x, weight, *output)
 
 
-def _conv_backward(ctx, dy, _grad_r):
+def _conv_forward_grad(ctx, dy, _grad_r):
     """Built from differentiable ops (see _epilogue_backward_grad), so create_graph=True works."""
     x, weight, y, r = ctx.saved_tensors
     if ctx.lrelu or ctx.pixel_norm:
@@ -333,7 +333,7 @@ def _conv_backward(ctx, dy, _grad_r):
     return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
-_conv_forward.register_autograd(_conv_backward, setup_context=_save_conv_inputs)
+_conv_forward.register_autograd(_conv_forward_grad, setup_context=_save_conv_inputs)
 
 
 def equalized_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,

@@ -161,11 +161,6 @@ def _(g, alpha_tensor, alpha_value):
     return torch.empty_like(dense(g)), torch.empty_like(dense(g))
 
 
-def _low_grid(low_shape) -> Tuple[int, Tuple[int]]:
-    num_low = low_shape[0] * low_shape[1] * low_shape[2] * low_shape[3]
-    return num_low, elementwise_grid(num_low)
-
-
 def _half_size(t: torch.Tensor) -> Tuple[int, int, int, int]:
     n, c, h, w = t.shape
     return n, c, h // 2, w // 2
@@ -232,7 +227,7 @@ def _alpha(ctx) -> Tuple[Optional[torch.Tensor], float]:
     return ctx.saved_tensors[0], ctx.alpha_value
 
 
-def _fade_grad(ctx, grad):
+def _fade_forward_grad(ctx, grad):
     return (*_fade_backward(grad, *_alpha(ctx)), None, None)
 
 
@@ -240,7 +235,7 @@ def _fade_backward_grad(ctx, grad_new, grad_old):
     return _fade_forward(grad_new, grad_old, *_alpha(ctx)), None, None
 
 
-def _fade_upsample_grad(ctx, grad):
+def _fade_upsample_forward_grad(ctx, grad):
     return (*_fade_upsample_backward(grad, *_alpha(ctx)), None, None)
 
 
@@ -248,14 +243,14 @@ def _fade_upsample_backward_grad(ctx, grad_high, grad_low):
     return _fade_upsample_forward(grad_high, grad_low, *_alpha(ctx)), None, None
 
 
-def _fade_downsample_grad(ctx, grad):
+def _fade_downsample_forward_grad(ctx, grad):
     return _fade_downsample_forward(grad, *_alpha(ctx)), None, None
 
 
-for _custom_op, _gradient in ((_fade_forward, _fade_grad), (_fade_backward, _fade_backward_grad),
-                              (_fade_upsample_forward, _fade_upsample_grad),
+for _custom_op, _gradient in ((_fade_forward, _fade_forward_grad), (_fade_backward, _fade_backward_grad),
+                              (_fade_upsample_forward, _fade_upsample_forward_grad),
                               (_fade_upsample_backward, _fade_upsample_backward_grad),
-                              (_fade_downsample_forward, _fade_downsample_grad)):
+                              (_fade_downsample_forward, _fade_downsample_forward_grad)):
     _custom_op.register_autograd(_gradient, setup_context=_save_alpha)
 
 

@@ -179,7 +179,7 @@ def _save_output(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
-def _backward(ctx, grad):
+def _minibatch_stddev_forward_grad(ctx, grad):
     out, = ctx.saved_tensors
     return _minibatch_stddev_backward(grad, out, ctx.group_size, ctx.unbiased, ctx.eps), None, None, None
 
@@ -189,7 +189,7 @@ def _save_grad_and_output(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1])
 
 
-def _backward_of_backward(ctx, grad_of_dx):
+def _minibatch_stddev_backward_grad(ctx, grad_of_dx):
     grad, out = ctx.saved_tensors
     with torch.enable_grad():
         x = out[:, :-1].detach().requires_grad_()
@@ -201,8 +201,8 @@ def _backward_of_backward(ctx, grad_of_dx):
     return d_grad, d_out, None, None, None
 
 
-_minibatch_stddev_forward.register_autograd(_backward, setup_context=_save_output)
-_minibatch_stddev_backward.register_autograd(_backward_of_backward, setup_context=_save_grad_and_output)
+_minibatch_stddev_forward.register_autograd(_minibatch_stddev_forward_grad, setup_context=_save_output)
+_minibatch_stddev_backward.register_autograd(_minibatch_stddev_backward_grad, setup_context=_save_grad_and_output)
 
 
 def minibatch_stddev_triton(x: torch.Tensor, group_size: Optional[int] = 4, eps: float = 1e-8) -> torch.Tensor:

@@ -133,12 +133,12 @@ def _save_output(ctx, inputs, output):
     ctx.save_for_backward(y, r)
 
 
-def _backward(ctx, dy, _dr):
+def _pixel_norm_forward_grad(ctx, dy, _dr):
     y, r = ctx.saved_tensors
     return _pixel_norm_backward(dy, y, r), None
 
 
-_pixel_norm_forward.register_autograd(_backward, setup_context=_save_output)
+_pixel_norm_forward.register_autograd(_pixel_norm_forward_grad, setup_context=_save_output)
 
 
 def pixel_norm_triton(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
