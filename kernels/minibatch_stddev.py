@@ -59,8 +59,8 @@ def _group_stats(v, mask, G, divisor, eps):
 def _mbstd_fwd_kernel(x_ptr, out_ptr, partial_ptr, G, M, C, H, W, CHW, num_chunks,
                       sxn, sxc, sxh, sxw, son, soc, soh, sow, divisor, eps,
                       CHANNELS_LAST: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK: tl.constexpr):
-    m = tl.program_id(0)
-    chunk = tl.program_id(1)
+    chunk = tl.program_id(0)  # axis 0: CUDA caps axes 1 and 2 at 65535, and C*H*W / BLOCK can exceed that
+    m = tl.program_id(1)
     samples, c, h, w, in_chunk, mask = _group_tile(m, chunk, G, M, C, H, W, CHW, CHANNELS_LAST, BLOCK_G, BLOCK)
     v = tl.load(x_ptr + _tile_offsets(samples, c, h, w, sxn, sxc, sxh, sxw), mask=mask, other=0.0)
     tl.store(out_ptr + _tile_offsets(samples, c, h, w, son, soc, soh, sow), v, mask=mask)
@@ -101,8 +101,8 @@ def _mbstd_feature_grad_kernel(g_ptr, t_ptr, G, M, C, HW, W, sgn, sgc, sgh, sgw,
 def _mbstd_bwd_kernel(g_ptr, out_ptr, t_ptr, dx_ptr, G, M, C, H, W, CHW,
                       sgn, sgc, sgh, sgw, son, soc, soh, sow, sdn, sdc, sdh, sdw, divisor, eps, inv_chw,
                       CHANNELS_LAST: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK: tl.constexpr):
-    m = tl.program_id(0)
-    chunk = tl.program_id(1)
+    chunk = tl.program_id(0)
+    m = tl.program_id(1)
     samples, c, h, w, _, mask = _group_tile(m, chunk, G, M, C, H, W, CHW, CHANNELS_LAST, BLOCK_G, BLOCK)
     x = tl.load(out_ptr + _tile_offsets(samples, c, h, w, son, soc, soh, sow), mask=mask, other=0.0)
     centered, std = _group_stats(x.to(tl.float32), mask, G, divisor, eps)
@@ -136,7 +136,7 @@ def _minibatch_stddev_forward(x: torch.Tensor, group_size: int, unbiased: bool, 
     block_g, block, num_chunks = _launch_shape(group_size, chw)
     partial = torch.empty((groups, num_chunks), dtype=torch.float32, device=x.device)
     layout = dict(CHANNELS_LAST=is_channels_last(out))
-    _mbstd_fwd_kernel[(groups, num_chunks)](x, out, partial, group_size, groups, c, h, w, chw, num_chunks,
+    _mbstd_fwd_kernel[(num_chunks, groups)](x, out, partial, group_size, groups, c, h, w, chw, num_chunks,
                                             *x.stride(), *out.stride(), _divisor(group_size, unbiased), eps,
                                             BLOCK_G=block_g, BLOCK=block, **layout)
     fill_block = min(1024, triton.next_power_of_2(h * w))
@@ -161,7 +161,7 @@ def _minibatch_stddev_backward(grad: torch.Tensor, out: torch.Tensor, group_size
     _mbstd_feature_grad_kernel[(groups,)](grad, feature_grad, group_size, groups, c, h * w, w, *grad.stride(),
                                           BLOCK_G=block_g, BLOCK=min(block, triton.next_power_of_2(h * w)))
     dx = empty_4d((n, c, h, w), out)
-    _mbstd_bwd_kernel[(groups, num_chunks)](grad, out, feature_grad, dx, group_size, groups, c, h, w, chw,
+    _mbstd_bwd_kernel[(num_chunks, groups)](grad, out, feature_grad, dx, group_size, groups, c, h, w, chw,
                                             *grad.stride(), *out.stride(), *dx.stride(),
                                             _divisor(group_size, unbiased), eps, 1.0 / chw,
                                             CHANNELS_LAST=is_channels_last(dx), BLOCK_G=block_g, BLOCK=block)

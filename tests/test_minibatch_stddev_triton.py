@@ -36,3 +36,28 @@ def test_output_keeps_channels_last():
     with use_backend("triton"):
         out = F.minibatch_stddev(x, 2)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_chunk_count_is_on_grid_axis_0(monkeypatch):
+    """CUDA caps grid axes 1 and 2 at 65535 programs; the chunks of C*H*W grow with the image (over 65535 beyond
+    ~67M values per sample), the groups only with the batch: the chunks must be on axis 0, forward and backward."""
+    from progan_fast.kernels import minibatch_stddev as backend
+
+    grids = {}
+
+    class RecordGrid:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            grids[self.name] = grid
+            return self.kernel[grid]
+
+    for name in ("_mbstd_fwd_kernel", "_mbstd_bwd_kernel"):
+        monkeypatch.setattr(backend, name, RecordGrid(name, getattr(backend, name)))
+    x = torch.randn(8, 37, 13, 11, device=DEVICE, requires_grad=True)
+    with use_backend("triton"):
+        F.minibatch_stddev(x, group_size=4).square().sum().backward()
+    _, _, num_chunks = backend._launch_shape(4, 37 * 13 * 11)
+    assert num_chunks > 2  # more chunks than groups: a swap of the axes would show
+    assert grids == {"_mbstd_fwd_kernel": (num_chunks, 2), "_mbstd_bwd_kernel": (num_chunks, 2)}
