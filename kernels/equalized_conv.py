@@ -13,12 +13,13 @@ Layouts: every tensor is addressed through its strides, so NCHW, channels_last a
 without a copy; outputs are allocated in the input's memory format.
 
 Precision for fp32 inputs: `tl.dot(..., input_precision="ieee")` (exact fp32) unless the tensor is on CUDA and
-`torch.backends.cudnn.allow_tf32` is set, in which case "tf32": the switch that governs torch's own convolutions,
-so the triton backend rounds the way the reference path does on that machine. fp16/bf16 inputs use the tensor
-cores directly; the accumulator is always fp32; the output has the input dtype. Under torch.autocast the input is
-cast to the autocast dtype first (as F.conv2d does); the weight is cast inside the kernel. fp64 (used only for
-gradient checks), and upsample with an even kernel or a padding other than "same" (no ProGAN layer has them), run
-the torch reference.
+`torch.backends.cudnn.conv.fp32_precision` is "tf32" (the default; set by it, by the legacy `cudnn.allow_tf32` or
+inherited from `cudnn.fp32_precision` and `torch.backends.fp32_precision`), in which case "tf32": the setting that
+governs torch's own convolutions, so the triton backend rounds the way the reference path does on that machine.
+fp16/bf16 inputs use the tensor cores directly; the accumulator is always fp32; the output has the input dtype.
+Under torch.autocast the input is cast to the autocast dtype first (as F.conv2d does); the weight is cast inside
+the kernel. fp64 (used only for gradient checks), and upsample with an even kernel or a padding other than "same"
+(no ProGAN layer has them), run the torch reference.
 
 PixelNorm needs every output channel of a pixel: with pixel_norm the channel tile spans all output channels
 (BLOCK_N = next_pow2(out), at most 512 in ProGAN) and the pixel tile shrinks to keep the accumulator size fixed.
@@ -165,9 +166,10 @@ def _epilogue_bwd_kernel(dy_ptr, y_ptr, r_ptr, dv_ptr, db_ptr,
 
 
 def dot_precision(x: torch.Tensor) -> str:
-    """"ieee" only for exact fp32; fp16/bf16 operands get Triton's default, under which they run on tensor cores."""
-    exact_fp32 = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32)
-    return "ieee" if exact_fp32 else "tf32"
+    """"ieee" only for exact fp32; fp16/bf16 operands get Triton's default, under which they run on tensor cores.
+    The legacy `cudnn.allow_tf32` getter raises once the new API has set conv and rnn apart: read the conv's."""
+    tf32_convs = x.is_cuda and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    return "ieee" if x.dtype == torch.float32 and not tf32_convs else "tf32"
 
 
 def _pow2_at_least(n: int, floor: int) -> int:
