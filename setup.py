@@ -30,7 +30,7 @@ setup(
     package_data={"progan_fast.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp", "README.md"]},
     # No upper bound and no CUDA pin: an installed torch (CPU or CUDA build) that satisfies this is kept.
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.9",  # torch.backends.cudnn.conv.fp32_precision (the triton conv's precision) is new in 2.9
         "triton>=3.0; platform_system == 'Linux'",
         "ninja",
         "numpy",

@@ -13,10 +13,12 @@ Layouts: every tensor is addressed through its strides, so NCHW, channels_last a
 without a copy; outputs are allocated in the input's memory format.
 
 Precision for fp32 inputs: `tl.dot(..., input_precision="ieee")` (exact fp32) unless the tensor is on CUDA and
-`torch.backends.cudnn.allow_tf32` is set, in which case "tf32": the switch that governs torch's own convolutions,
-so the triton backend rounds the way the reference path does on that machine. fp16/bf16 inputs use the tensor
-cores directly; the accumulator is always fp32; the output has the input dtype. Under torch.autocast the input is
-cast to the autocast dtype first (as F.conv2d does); the weight is cast inside the kernel. fp64 (used only for
+`torch.backends.cudnn.conv.fp32_precision` is "tf32" (the default; set by it, by the legacy `cudnn.allow_tf32` or
+inherited from `cudnn.fp32_precision` and `torch.backends.fp32_precision`), in which case "tf32": the setting that
+governs torch's own convolutions, so the triton backend rounds the way the reference path does on that machine.
+fp16/bf16 inputs use the tensor cores directly; the accumulator is always fp32; the output has the input dtype.
+Under torch.autocast the input is cast to the autocast dtype first (as F.conv2d does), and the weight to the
+input's dtype with its preparation, once per weight version (`progan_fast.ops.weight_cache`). fp64 (used only for
 gradient checks), and upsample with an even kernel or a padding other than "same" (no ProGAN layer has them), run
 the torch reference.
 
@@ -48,6 +50,7 @@ from progan_fast.kernels._common import empty_4d
 from progan_fast.ops._checks import check_sign_mask_slope
 from progan_fast.ops.equalized_conv import (equalized_conv2d_op, equalized_conv2d_reference, equalized_scale,
                                             output_size)
+from progan_fast.ops.weight_cache import differentiable_prepared_weight, prepared_weight
 
 # Accumulator elements per program (BLOCK_M * BLOCK_N): 64 x 128 fp32 without PixelNorm, up to 32 x 512 with it.
 _ACC_ELEMENTS = 8192
@@ -165,23 +168,22 @@ def _epilogue_bwd_kernel(dy_ptr, y_ptr, r_ptr, dv_ptr, db_ptr,
 
 
 def dot_precision(x: torch.Tensor) -> str:
-    """"ieee" only for exact fp32; fp16/bf16 operands get Triton's default, under which they run on tensor cores."""
-    exact_fp32 = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cudnn.allow_tf32)
-    return "ieee" if exact_fp32 else "tf32"
+    """"ieee" only for exact fp32; fp16/bf16 operands get Triton's default, under which they run on tensor cores.
+    The legacy `cudnn.allow_tf32` getter raises once the new API has set conv and rnn apart: read the conv's."""
+    tf32_convs = x.is_cuda and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    return "ieee" if x.dtype == torch.float32 and not tf32_convs else "tf32"
 
 
 def _pow2_at_least(n: int, floor: int) -> int:
     return max(triton.next_power_of_2(n), floor)
 
 
-def _launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
+def _launch_forward(x: torch.Tensor, w_taps: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
                  r: torch.Tensor, scale: float, padding: int, lrelu: bool, negative_slope: float, pixel_norm: bool,
                  upsample: bool, eps: float) -> None:
     """Writes y [N, out, H_out, W_out] and, with pixel_norm, r [N, H_out, W_out] (fp32 PixelNorm factors).
 
-    With upsample, `weight` is the [out, in, k + 1, k + 1] kernel of the equivalent stride-2 transposed conv
-    (`upsample_weight` of the k x k one, same padding): each output phase then needs (k + 1) / 2 taps per
-    dimension instead of k (4 instead of 9 products per 3x3 output pixel), and x is read at its own size."""
+    w_taps: the weight from `taps_weight`."""
     n, c_out, h_out, w_out = y.shape
     h_grid, w_grid = (x.shape[2], x.shape[3]) if upsample else (h_out, w_out)
     num_rows = n * h_grid * w_grid
@@ -196,12 +198,8 @@ def _launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     block_m = min(block_m, _pow2_at_least(num_rows, _MIN_DOT_BLOCK))  # small maps: no idle rows
     block_k = min(32, _pow2_at_least(x.shape[1], _MIN_DOT_BLOCK))
     grid = (triton.cdiv(num_rows, block_m), triton.cdiv(c_out, block_n), 4 if upsample else 1)
-    # Weight as [k, k, in, out] in x's dtype: the weight tile loads are contiguous along out (coalesced) and
-    # half the bytes for 16-bit inputs, for one copy of at most 9.4 MB (512x512x3x3 fp32) per call.
-    taps_layout = weight.permute(2, 3, 1, 0)
-    w_taps = weight.new_empty(taps_layout.shape, dtype=x.dtype).copy_(taps_layout)
     swh, sww, swi, swo = w_taps.stride()
-    k = weight.shape[2]
+    k = w_taps.shape[0]
     _conv_fwd_kernel[grid](
         x, w_taps, bias.contiguous() if bias is not None else y, y, r if pixel_norm else y,  # y: unread placeholder
         x.shape[1], x.shape[2], x.shape[3], c_out, h_out, w_out, h_grid, w_grid, num_rows, padding,
@@ -243,6 +241,35 @@ def upsample_weight_grad(grad: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(grad.flip(2, 3), 2, stride=1, divisor_override=1)
 
 
+def taps_weight(weight: torch.Tensor, upsample: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The forward kernel's weight: [k, k, in, out] in the input's dtype, so that the weight tile loads are
+    contiguous along out (coalesced) and half the bytes for 16-bit inputs. With upsample, of the
+    [out, in, k + 1, k + 1] kernel of the equivalent stride-2 transposed conv (`upsample_weight`, same padding):
+    each output phase then needs (k + 1) / 2 taps per dimension instead of k (4 instead of 9 products per 3x3
+    output pixel), and x is read at its own size. Prepared once per weight version (`prepared_weight`)."""
+    def build(w):
+        taps_layout = (upsample_weight(w) if upsample else w).permute(2, 3, 1, 0)
+        return torch.empty(taps_layout.shape, dtype=dtype, device=w.device).copy_(taps_layout)
+    return prepared_weight(weight, "triton conv taps", (upsample, dtype), build)
+
+
+def backward_weight(weight: torch.Tensor, scale: float, upsample: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The scaled weight of the convolution backward in the input's dtype (with upsample the transposed
+    [in, out, k + 1, k + 1] kernel of the stride-2 form), prepared once per weight version and differentiable
+    (the gradient penalty differentiates the backward) through `backward_weight_grad`."""
+    def build(w):
+        w_scaled = w * scale
+        return (upsample_weight(w_scaled).transpose(0, 1) if upsample else w_scaled).to(dtype)
+    return differentiable_prepared_weight(weight, "triton conv backward", (scale, upsample, dtype), build,
+                                          lambda grad: backward_weight_grad(grad, scale, upsample, weight.dtype))
+
+
+def backward_weight_grad(grad: torch.Tensor, scale: float, upsample: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The adjoint of `backward_weight`: a gradient with respect to its result back to the weight's."""
+    grad_w_scaled = upsample_weight_grad(grad.transpose(0, 1)) if upsample else grad
+    return grad_w_scaled.to(dtype) * scale
+
+
 def _conv_outputs(x: torch.Tensor, weight: torch.Tensor, padding: int, pixel_norm: bool,
                   upsample: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(y, r) to be written by the forward kernel; r is empty without PixelNorm."""
@@ -257,7 +284,7 @@ def _conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   lrelu: bool, negative_slope: float, pixel_norm: bool, upsample: bool,
                   eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     y, r = _conv_outputs(x, weight, padding, pixel_norm, upsample)
-    _launch_forward(x, upsample_weight(weight) if upsample else weight, bias, y, r, scale, padding, lrelu,
+    _launch_forward(x, taps_weight(weight, upsample, x.dtype), bias, y, r, scale, padding, lrelu,
                     negative_slope, pixel_norm, upsample, eps)
     return y, r
 
@@ -319,15 +346,12 @@ def _conv_forward_grad(ctx, dy, _grad_r):
     if need_x or need_weight:
         # With upsample, as the forward: the equivalent stride-2 transposed conv, so neither the upsampled copy
         # of x nor its gradient is ever made (and 16 instead of 36 products per input pixel and 3x3 channel pair).
-        w_scaled = weight * ctx.scale
-        w_conv = upsample_weight(w_scaled).transpose(0, 1) if ctx.upsample else w_scaled
         stride = 2 if ctx.upsample else 1
         grad_x, grad_w_conv, _ = torch.ops.aten.convolution_backward(
-            dv, x, w_conv.to(x.dtype), None, [stride] * 2, [ctx.padding] * 2, [1, 1], ctx.upsample, [0, 0], 1,
-            [need_x, need_weight, False])
+            dv, x, backward_weight(weight, ctx.scale, ctx.upsample, x.dtype), None, [stride] * 2,
+            [ctx.padding] * 2, [1, 1], ctx.upsample, [0, 0], 1, [need_x, need_weight, False])
         if need_weight:
-            grad_w_scaled = upsample_weight_grad(grad_w_conv.transpose(0, 1)) if ctx.upsample else grad_w_conv
-            grad_weight = grad_w_scaled.to(weight.dtype) * ctx.scale
+            grad_weight = backward_weight_grad(grad_w_conv, ctx.scale, ctx.upsample, weight.dtype)
     if need_bias:
         grad_bias = db.to(ctx.bias_dtype)
     return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None

@@ -73,8 +73,9 @@ def collect(path: pathlib.Path, sweep: Sweep) -> Dict[str, object]:
     if device.type == "cuda":
         part("device_properties", device_properties(device))
     part("backends", {name: unavailable_reason(name, device) or "available" for name in ACCELERATED})
-    part("precision", {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-                       "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32})
+    # The new API: the legacy allow_tf32 getters raise once it has been used to set ops apart.
+    part("precision", {"cudnn.conv.fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+                       "cuda.matmul.fp32_precision": torch.backends.cuda.matmul.fp32_precision})
     start = time.perf_counter()
     ceilings = measure_ceilings(device, *sweep.ceiling_sizes, host_clock=sweep.dry)
     part("ceilings", {**{key: round(value, 1) for key, value in ceilings.items()},
