@@ -400,7 +400,7 @@ def test_gradient_penalty_kernels(dtype, shape):
 
 @needs_gpu
 def test_discriminator_step_with_penalty_matches_torch_backend(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn.conv, "fp32_precision", "ieee")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     model = tiny_discriminator("cuda")
     real, fake = torch.randn(2, 8, 3, 8, 8, device="cuda")

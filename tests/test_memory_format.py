@@ -71,7 +71,7 @@ def fade_step(backend: str, memory_format: torch.memory_format, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def exact_fp32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn.conv, "fp32_precision", "ieee")  # the same rounding in both layouts
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the same rounding in both layouts
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
