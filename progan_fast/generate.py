@@ -14,7 +14,7 @@ import torch
 from . import cli
 from .images import image_grid, sample_images, save_png, to_uint8
 from .training.checkpoint import CheckpointError
-from .training.run_state import default_device, load_generator
+from .training.run_state import default_device, load_generator, loaded_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +43,10 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     try:
         out = cli.folder_to_write("--out", args.out)
         with cli.activity(f"loading checkpoint {args.checkpoint}"):
-            G, state, _ = load_generator(args.checkpoint, device, ema=not args.raw)
+            G, state, _, checkpoint = load_generator(args.checkpoint, device, ema=not args.raw)
     except (ValueError, CheckpointError) as error:
         parser.error(str(error))
+    print(loaded_text(checkpoint, state, ema=not args.raw), file=sys.stderr)
     res = state["resolution"] if args.resolution is None else args.resolution
     if cli.resolution_problem(res, state["resolution"]):
         parser.error(f"--resolution {cli.resolution_problem(res, state['resolution'])} (the checkpoint has "

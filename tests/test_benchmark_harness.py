@@ -281,7 +281,7 @@ def test_train_step_updates_both_networks_and_the_ema(package):
     params = [p for model in (generator, discriminator) for p in model.parameters()]
     before = [p.detach().clone() for p in params]
     ema_before = [p.detach().clone() for p in gan.G_ema.parameters()]
-    gan(torch.rand(4, 3, 8, 8) * 2 - 1, 8)
+    gan(torch.rand(4, 3, 8, 8) * 2 - 1, 8, images_shown=0)
     assert all(math.isfinite(value) for value in gan.stats.tolist()) and gan.skipped.item() == 0
     used = [(old, p) for old, p in zip(before, params) if p.grad is not None]
     assert len(used) > len(params) // 2
@@ -293,7 +293,7 @@ def test_train_step_updates_both_networks_and_the_ema(package):
         assert (p.grad is None) if grad is None else torch.equal(p.grad, grad)
     mixed = TrainStep(generator, discriminator, TINY, "cpu", autocast_dtype=torch.bfloat16)
     mixed.new_optimizers(8)
-    mixed(torch.rand(4, 3, 8, 8) * 2 - 1, 8, alpha=torch.tensor(0.5))  # a fade step
+    mixed(torch.rand(4, 3, 8, 8) * 2 - 1, 8, alpha=torch.tensor(0.5), images_shown=4)  # a fade step
     assert all(math.isfinite(value) for value in mixed.stats.tolist())
 
 

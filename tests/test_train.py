@@ -19,6 +19,7 @@ from progan_fast.training.config import build_parser, resolve
 from progan_fast.training.loop import Trainer
 from progan_fast.training.schedule import Schedule
 from data_parallel_driver import train_and_record
+from tiny_runs import finished_run
 
 TINY = ["--fmap-base", "64", "--fmap-max", "16", "--latent-size", "16", "--progress", "off", "--grid", "4x2"]
 RUN_16 = TINY + ["--resolution", "16", "--stable-kimg", "0.064", "--fade-kimg", "0.064", "--minibatch",
@@ -98,6 +99,9 @@ def test_resume_continues_bitwise(full_run, tmp_path, cache_dir):
     full_ticks = {r["images_shown"]: r["d_loss"] for r in read_log(full_out) if "tick" in r}
     split_ticks = {r["images_shown"]: r["d_loss"] for r in read_log(out) if "tick" in r and r["images_shown"] > 128}
     assert split_ticks and all(full_ticks[k] == v for k, v in split_ticks.items())
+    # The resumed part of 8x8 is timed as a segment of its own, beside the first part.
+    assert len(second["img_per_sec_by_segment"]["8"]) == 2 and len(second["img_per_sec_by_segment"]["16"]) == 1
+    assert all(rate > 0 for rate in second["img_per_sec_by_segment"]["8"])
 
 
 def test_resume_refuses_to_change_training_options(full_run):
@@ -193,6 +197,10 @@ def test_presets_and_schedule():
     assert official.minibatch == {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
     assert (official.lr, official.beta1, official.beta2, official.adam_eps) == (0.001, 0.0, 0.99, 1e-8)
     assert (official.gp_weight, official.drift, official.ema_beta, official.fmap_base) == (10, 0.001, 0.999, 8192)
+    quick = resolve(build_parser().parse_args([]))
+    assert (quick.ema_kimg, quick.ema_rampup, quick.ema_beta) == (1.0, 0.05, None)
+    by_half_life = resolve(build_parser().parse_args(["--data", "images", "--ema-kimg", "20"]))
+    assert (by_half_life.ema_kimg, by_half_life.ema_beta) == (20, None)  # the official fixed decay gives way
     overridden = resolve(build_parser().parse_args(["--stable-kimg", "1", "--minibatch", "8:4", "--resolution", "8"]))
     assert overridden.preset == "quick" and overridden.stable_kimg == 1 and overridden.minibatch[8] == 4
     schedule = Schedule(16, 100, 50, {4: 4, 8: 4, 16: 2})
@@ -218,8 +226,18 @@ def test_generate_and_metrics_commands(full_run, tmp_path, capsys):
     assert len(written) == 4 and all(p.is_file() for p in written)
     from PIL import Image
     assert Image.open(written[0]).size == (16, 16)
+    final = ckpt.list_checkpoints(out)[-1]
+    assert f"Loaded the EMA generator of {final}: step {RUN_16_STEPS}" in capsys.readouterr().err
     result = metrics_command.main([str(out), "--num-images", "32", "--device", "cpu"])
     assert result["resolution"] == 16 and math.isfinite(result["swd_x1e3"]["mean"])
+    assert result["checkpoint"] == str(final) and result["generator"] == "ema"
+    assert 0 < result["ms_ssim"] < 1 and 0 < result["ms_ssim_reals"] < 1
+    err = capsys.readouterr().err
+    assert f"Loaded the EMA generator of {final}" in err and "sampling 32 images" in err and "MS-SSIM" in err
+    raw = metrics_command.main([str(out), "--num-images", "32", "--device", "cpu", "--raw"])
+    assert raw["generator"] == "raw" and raw["swd_x1e3"] != result["swd_x1e3"]
+    assert raw["ms_ssim_reals"] == result["ms_ssim_reals"]  # the same reals
+    assert "Loaded the trained generator (--raw)" in capsys.readouterr().err
 
 
 def test_help_documents_every_option():
@@ -247,3 +265,12 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--resume", str(tmp_path / "nothing")])
     assert "neither a checkpoint folder" in capsys.readouterr().err
+
+
+def test_a_log_that_is_not_a_terminal_gets_one_plain_line_per_tick(tmp_path, capsys):
+    out = finished_run(tmp_path / "run", "--progress", "on")  # pytest's captured stdout is not a terminal
+    printed = capsys.readouterr()
+    assert "\r" not in printed.out + printed.err
+    ticks = [line for line in printed.out.splitlines() if line.startswith("tick ")]
+    assert len(ticks) == len([r for r in read_log(out) if "tick" in r]) == 6
+    assert ticks[-1].startswith("tick 6 ") and "kimg     0.0 / 0.0" in ticks[-1] and "8x8  alpha 1.000" in ticks[-1]

@@ -43,6 +43,11 @@ OPTION_ERRORS = [
     (["--ema-beta", "2"], "--ema-beta must be a finite number in [0, 1), got 2.0"),
     (["--ema-beta", "-1"], "--ema-beta must be a finite number in [0, 1), got -1.0"),
     (["--ema-beta", "1"], "--ema-beta must be a finite number in [0, 1), got 1.0"),
+    (["--ema-kimg", "0"], "--ema-kimg must be a finite number > 0, got 0.0"),
+    (["--ema-kimg", "nan"], "--ema-kimg must be a finite number > 0, got nan"),
+    (["--ema-rampup", "-0.1"], "--ema-rampup must be a finite number >= 0, got -0.1"),
+    (["--ema-beta", "0.99", "--ema-kimg", "5"], "--ema-beta (a fixed decay per step) and --ema-kimg (a half-life "
+                                                "in images) set the EMA two ways; give only one of them"),
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, got -1"),
     (["--seed", str(2 ** 64)], f"--seed must be a whole number from 0 to 4294967295, got {2 ** 64}"),
     (["--stable-kimg", "inf"], "--stable-kimg must be a finite number >= 0, got inf"),
@@ -90,14 +95,15 @@ def test_bad_options_stop_with_an_argparse_error_before_any_work(tmp_path, monke
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_an_accelerated_backend_that_cannot_run_here_is_a_usage_error(monkeypatch, capsys, backend):
+def test_an_accelerated_backend_that_cannot_run_here_is_a_usage_error(monkeypatch, capsys, tmp_path, backend):
     if torch.cuda.is_available():
         pytest.skip("both backends can run where there is a GPU")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests run triton in its interpreter on CPU
     with pytest.raises(SystemExit) as stopped:
-        train.config_from_args(["--backend", backend])
+        train.main(["--backend", backend, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")])
     assert stopped.value.code == 2
     assert f"--backend {backend} cannot run on cpu: " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused with the other options: no run folder, no cache
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")

@@ -135,7 +135,8 @@ class StepRunner:
     def step(self, phase: str = "stable") -> None:
         """One training step in `phase` (stable, or fade: alpha FADE_ALPHA) on this column's backend."""
         with use_backend(self.column.backend):
-            self.gan(self.reals, self.res, self.alpha(phase))
+            # Any count: the count sets only the EMA's decay, one float, at the same cost.
+            self.gan(self.reals, self.res, self.alpha(phase), images_shown=0)
 
     def timed_step(self, phase: str = "stable", host_clock: bool = False) -> Tuple[float, Optional[int]]:
         """(seconds, peak bytes) of one step; peak counts this column's own state, not the other columns'.

@@ -28,11 +28,14 @@ QUICK_MINIBATCH = {4: 64, 8: 64, 16: 32, 32: 32, 64: 16, 128: 16, 256: 8, 512: 4
 
 PRESETS = {
     # The official TensorFlow code's defaults (the paper used 800k + 800k images per resolution).
+    # Its EMA decays by a fixed 0.999 per step, whatever the minibatch: a half-life of 88.6k images at batch 128,
+    # 2.8k at batch 4 (no single half-life in images matches every batch size).
     "official": dict(stable_kimg=600.0, fade_kimg=600.0, minibatch=OFFICIAL_MINIBATCH, fmap_base=8192, fmap_max=512,
-                     tick_kimg=160.0, swd_images=8192),
-    # Small networks and short phases: demos on a CPU and CI.
+                     tick_kimg=160.0, swd_images=8192, ema_beta=0.999),
+    # Small networks and short phases: demos on a CPU and CI. The EMA's half-life is short next to a 10k-image
+    # phase, so the layers of each new resolution reach the EMA copy within the phase that trains them.
     "quick": dict(stable_kimg=10.0, fade_kimg=10.0, minibatch=QUICK_MINIBATCH, fmap_base=256, fmap_max=64,
-                  tick_kimg=2.0, swd_images=1024),
+                  tick_kimg=2.0, swd_images=1024, ema_kimg=1.0, ema_rampup=0.05),
 }
 QUICK = PRESETS["quick"]
 BUILTIN_RESOLUTION = 32
@@ -60,7 +63,9 @@ class TrainConfig:
     adam_eps: float = 1e-8
     gp_weight: float = 10.0
     drift: float = 0.001
-    ema_beta: float = 0.999
+    ema_kimg: float = QUICK["ema_kimg"]
+    ema_rampup: float = QUICK["ema_rampup"]
+    ema_beta: Optional[float] = None
     latent_size: Optional[int] = None
     fmap_base: int = QUICK["fmap_base"]
     fmap_max: int = QUICK["fmap_max"]
@@ -146,7 +151,8 @@ NUMBERS = {
     "lr": Number(float, 0, low_open=True), "beta1": Number(float, 0, 1, high_open=True),
     "beta2": Number(float, 0, 1, high_open=True), "adam_eps": Number(float, 0, low_open=True),
     "gp_weight": Number(float, 0), "drift": Number(float, 0),
-    # beta = 1 would keep the EMA copy at the initial weights for ever.
+    # beta = 1 (or no half-life) would keep the EMA copy at the initial weights for ever.
+    "ema_kimg": Number(float, 0, low_open=True), "ema_rampup": Number(float, 0),
     "ema_beta": Number(float, 0, 1, high_open=True),
     "latent_size": Number(int, 1), "fmap_base": Number(int, 1), "fmap_max": Number(int, 1),
     "mbstd_group_size": Number(int, 1), "seed": SEED, "snapshot_ticks": Number(int, 1),
@@ -155,8 +161,8 @@ NUMBERS = {
 CHOICES = {"preset": tuple(PRESETS), "amp": AMP_MODES, "backend": BACKENDS, "channels_last": CHANNELS_LAST_MODES}
 
 TRAINING_OPTIONS = ("data", "resolution", "preset", "stable_kimg", "fade_kimg", "minibatch", "lr", "beta1", "beta2",
-                    "adam_eps", "gp_weight", "drift", "ema_beta", "latent_size", "fmap_base", "fmap_max",
-                    "mbstd_group_size", "mirror", "seed", "amp")
+                    "adam_eps", "gp_weight", "drift", "ema_kimg", "ema_rampup", "ema_beta", "latent_size",
+                    "fmap_base", "fmap_max", "mbstd_group_size", "mirror", "seed", "amp")
 
 
 def parse_minibatch(text: str) -> Dict[int, int]:
@@ -244,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--adam-eps", type=float, help="Adam epsilon (1e-8)")
     opt.add_argument("--gp-weight", type=float, help="WGAN-GP lambda (10)")
     opt.add_argument("--drift", type=float, help="weight of D(real)^2 in the D loss (0.001)")
-    opt.add_argument("--ema-beta", type=float, help="decay of the EMA copy of G used for samples and metrics (0.999)")
+    opt.add_argument("--ema-kimg", type=float, help="half-life of the EMA copy of G (used for samples and metrics) "
+                     "in thousands of images (quick 1)")
+    opt.add_argument("--ema-rampup", type=float, help="the half-life is at most this fraction of the images shown "
+                     "so far; 0 turns the ramp-up off (quick 0.05)")
+    opt.add_argument("--ema-beta", type=float, help="a fixed decay of the EMA per step instead of --ema-kimg and "
+                     "--ema-rampup (official 0.999)")
     net = p.add_argument_group("networks (defaults from --preset)")
     net.add_argument("--fmap-base", type=int, help="channels = min(fmap_base / 2**stage, fmap_max), "
                      "stage = log2(res) - 1 (official 8192, quick 256)")
@@ -290,6 +301,12 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     given = {key: value for key, value in vars(args).items() if value is not None}
     config = preset_config(given.get("preset") or ("official" if given.get("data") else "quick"))
     config.resolution = FOLDER_RESOLUTION if given.get("data") else BUILTIN_RESOLUTION
+    half_life = sorted(option_name(key) for key in ("ema_kimg", "ema_rampup") if key in given)
+    if half_life and "ema_beta" in given:
+        raise OptionError("ema_beta", f"--ema-beta (a fixed decay per step) and {' and '.join(half_life)} (a "
+                                      f"half-life in images) set the EMA two ways; give only one of them")
+    if half_life:
+        config.ema_beta = None  # the preset's fixed decay gives way to the half-life asked for
     for key, value in given.items():
         if key == "minibatch":
             config.minibatch.update(value)

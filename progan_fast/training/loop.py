@@ -24,7 +24,7 @@ import torch
 
 from .. import cli
 from ..backend import set_backend
-from ..metrics.evaluate import generator_swd
+from ..metrics.evaluate import generator_metrics
 from . import checkpoint as ckpt
 from . import run_state
 from .config import TrainConfig, build_networks
@@ -39,6 +39,12 @@ from .ticks import SampleGrids, Ticks
 # Consecutive steps whose D or G update was skipped as non-finite before the run stops (checked at each tick).
 MAX_NONFINITE_STREAK = 100
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def rate(segments) -> Optional[float]:
+    """Images per second over timed segments ({"images", "seconds"}); None if they took no time."""
+    seconds = sum(segment["seconds"] for segment in segments)
+    return sum(segment["images"] for segment in segments) / seconds if seconds > 0 else None
 
 
 class TrainingStopped(RuntimeError):
@@ -77,6 +83,7 @@ class Trainer:
         self.shown = self.step = 0
         self.last_resolution, self.last_alpha = 4, 1.0  # of the latest step
         self.swd_results: Dict[str, dict] = {}
+        self.ms_ssim_results: Dict[str, dict] = {}  # by resolution: {"fakes": ..., "reals": ...}
 
         self.folder: Optional[RunFolder] = None
         try:
@@ -138,7 +145,7 @@ class Trainer:
         self.last_resolution, self.last_alpha = res, phase.alpha(self.shown)
         # Stable phases pass the float 1.0, which skips the old branch; fades pass the device tensor.
         alpha = self.alpha.fill_(self.last_alpha) if phase.fading else 1.0
-        self.gan(self.data.batch(self.shown, global_batch, res), res, alpha)
+        self.gan(self.data.batch(self.shown, global_batch, res), res, alpha, images_shown=self.shown)
         self.shown += global_batch
         self.step += 1
         self.ticks.steps += 1
@@ -155,10 +162,13 @@ class Trainer:
                 self._train()
             finally:
                 self.reporter.close()
+        speeds = self.ticks.stage_speed
         summary = {"run_dir": str(self.run_dir), "images_shown": self.shown, "steps": self.step,
-                   "img_per_sec_by_resolution": {res: s["images"] / s["seconds"]
-                                                 for res, s in self.ticks.stage_speed.items() if s["seconds"] > 0},
-                   "swd": self.swd_results}
+                   "img_per_sec_by_resolution": {res: rate(segments) for res, segments in speeds.items()
+                                                 if rate(segments) is not None},
+                   "img_per_sec_by_segment": {res: [rate([segment]) for segment in segments]
+                                              for res, segments in speeds.items()},
+                   "swd": self.swd_results, "ms_ssim": self.ms_ssim_results}
         if self.stop_signal is not None:
             summary["stopped_by_signal"] = signal.Signals(self.stop_signal).name
         if self.dist.is_main:
@@ -257,20 +267,26 @@ class Trainer:
             self.grids.fakes(self.gan, phase.resolution, record["alpha"], self.shown)
 
     def _evaluate(self, res: int) -> None:
-        """SWD of EMA samples against reals at the end of a resolution (rank 0)."""
+        """SWD of EMA samples against reals, and MS-SSIM of pairs of them, at the end of a resolution (rank 0)."""
         count = min(self.config.swd_images, self.data.count)
         if not self.dist.is_main or count < 1 or res < 8:
             return
         started = time.perf_counter()
         reals = self.data.evaluation_reals(count, res, self.config.seed)
-        result = generator_swd(self.gan.G_ema, reals, res, seed=self.config.seed,
-                               autocast_dtype=self.gan.autocast_dtype)
-        self.swd_results[str(res)] = result
-        self.reporter.scalars("swd", result, self.shown)
-        self.reporter.event({"event": "swd", "resolution": res, "images": count, "images_shown": self.shown,
-                             **result})
-        self.reporter.message(f"SWD x1e3 at {res}x{res} ({count} images, {time.perf_counter() - started:.1f} s): "
-                              + ", ".join(f"{key} {value:.2f}" for key, value in result.items()))
+        result = generator_metrics(self.gan.G_ema, reals, res, seed=self.config.seed,
+                                   autocast_dtype=self.gan.autocast_dtype)
+        swd = self.swd_results[str(res)] = result["swd_x1e3"]
+        self.reporter.scalars("swd", swd, self.shown)
+        self.reporter.event({"event": "swd", "resolution": res, "images": count, "images_shown": self.shown, **swd})
+        text = (f"SWD x1e3 at {res}x{res} ({count} images): "
+                + ", ".join(f"{key} {value:.2f}" for key, value in swd.items()))
+        if "ms_ssim" in result:
+            ms_ssim = self.ms_ssim_results[str(res)] = {"fakes": result["ms_ssim"], "reals": result["ms_ssim_reals"]}
+            self.reporter.scalars("ms_ssim", ms_ssim, self.shown)
+            self.reporter.event({"event": "ms_ssim", "resolution": res, "pairs": count // 2,
+                                 "images_shown": self.shown, **ms_ssim})
+            text += f"; MS-SSIM {ms_ssim['fakes']:.4f} (reals {ms_ssim['reals']:.4f})"
+        self.reporter.message(f"{text}; {time.perf_counter() - started:.1f} s")
 
     def save(self) -> None:
         """A checkpoint of the run now (rank 0; once per step)."""

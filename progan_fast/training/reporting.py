@@ -1,7 +1,13 @@
-"""What a run shows and writes as it goes: tqdm progress, a JSONL log, TensorBoard scalars and images."""
+"""What a run shows and writes as it goes: tqdm progress, a JSONL log, TensorBoard scalars and images.
+
+The live bar is drawn only on a terminal: redirected to a file, its carriage-return updates would fill the file
+with thousands of copies, so there each tick is one plain line instead (the JSONL log keeps every number).
+"""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,10 +21,11 @@ class Reporter:
                  tensorboard: bool):
         self.enabled = run_dir is not None
         self.bar = self.writer = self.log_file = None
+        self.total_images, self.started = total_images, time.perf_counter()
         if not self.enabled:
             return
         self.log_file = open(Path(run_dir) / "log.jsonl", "a", encoding="utf-8")
-        if progress:
+        if progress and sys.stdout.isatty() and sys.stderr.isatty():  # the bar on stderr, messages on stdout
             from tqdm import tqdm
             self.bar = tqdm(total=total_images, initial=initial_images, unit="img", unit_scale=True,
                             dynamic_ncols=True)
@@ -48,13 +55,16 @@ class Reporter:
             return
         self.log_file.write(json.dumps(values) + "\n")
         self.log_file.flush()
-        shown = {"res": values["resolution"], "alpha": f"{values['alpha']:.3f}", "kimg": f"{values['kimg']:.1f}",
-                 "img/s": f"{values['img_per_sec']:.0f}", "D": f"{values['d_loss']:.3f}",
-                 "G": f"{values['g_loss']:.3f}"}
         if self.bar is not None:
-            self.bar.set_postfix(shown, refresh=True)
+            self.bar.set_postfix({"res": values["resolution"], "alpha": f"{values['alpha']:.3f}",
+                                  "kimg": f"{values['kimg']:.1f}", "img/s": f"{values['img_per_sec']:.0f}",
+                                  "D": f"{values['d_loss']:.3f}", "G": f"{values['g_loss']:.3f}"}, refresh=True)
         else:
-            print(" ".join(f"{key} {value}" for key, value in shown.items()), flush=True)
+            minutes, seconds = divmod(round(time.perf_counter() - self.started), 60)
+            resolution = f"{values['resolution']}x{values['resolution']}"
+            print(f"tick {values['tick']:<4} kimg {values['kimg']:7.1f} / {self.total_images / 1000:.1f}  "
+                  f"{resolution:>9}  alpha {values['alpha']:.3f}  {values['img_per_sec']:6.0f} img/s  "
+                  f"D {values['d_loss']:7.3f}  G {values['g_loss']:7.3f}  time {minutes}m{seconds:02d}s", flush=True)
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key != "kimg":

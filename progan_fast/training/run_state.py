@@ -3,7 +3,7 @@ alone for sampling and metrics. The files and their safety checks are checkpoint
 
 A checkpoint holds everything a resumed run needs to continue bit for bit: the weights of G, G_ema and D, the
 optimizer moments, the loss scalers, the state of the step's random generator, the counters of the run (step,
-images shown, ticks, skipped updates, speed, SWD results) and its configuration.
+images shown, ticks, skipped updates, speed, SWD and MS-SSIM results) and its configuration.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def contents(trainer: "Trainer") -> Tuple[Dict[str, Dict[str, torch.Tensor]], Di
              "optimizer_resolution": gan.optimizer_resolution, "optimizers": optimizers,
              "scalers": {"G": gan.g_scaler.state_dict(), "D": gan.d_scaler.state_dict()},
              "skipped_steps": int(gan.skipped.item()), "stage_speed": trainer.ticks.stage_speed,
-             "swd": trainer.swd_results, "config": trainer.config.to_json()}
+             "swd": trainer.swd_results, "ms_ssim": trainer.ms_ssim_results, "config": trainer.config.to_json()}
     weights = {"G": gan.G.state_dict(), "G_ema": gan.G_ema.state_dict(), "D": gan.D.state_dict()}
     return weights, tensors, state
 
@@ -90,14 +90,25 @@ def state_problem(state: dict) -> Optional[str]:
             return f"scalers.{key} must be a loss scaler's state (numbers, with a scale > 0), got {scaler!r}"
     speeds = state["stage_speed"]
     if not isinstance(speeds, dict) or not all(
-            isinstance(speed, dict) and COUNTER.fits(speed.get("images")) and SECONDS.fits(speed.get("seconds"))
-            for speed in speeds.values()):
-        return f"stage_speed must map resolutions to {{\"images\": count, \"seconds\": time}}, got {speeds!r}"
+            isinstance(segments, list) and all(isinstance(speed, dict) and COUNTER.fits(speed.get("images")) and
+                                               SECONDS.fits(speed.get("seconds")) for speed in segments)
+            for segments in map(_segments, speeds.values())):
+        return (f"stage_speed must map resolutions to lists of {{\"images\": count, \"seconds\": time}}, got "
+                f"{speeds!r}")
     swd = state["swd"]
     if not isinstance(swd, dict) or not all(isinstance(result, dict) and all(map(_is_number, result.values()))
                                             for result in swd.values()):
         return f"swd must map resolutions to SWD results (numbers by level), got {swd!r}"
+    ms_ssim = state.get("ms_ssim", {})  # absent from the checkpoints of earlier versions
+    if not isinstance(ms_ssim, dict) or not all(isinstance(result, dict) and set(result) == {"fakes", "reals"} and
+                                                all(map(_is_number, result.values())) for result in ms_ssim.values()):
+        return f"ms_ssim must map resolutions to {{\"fakes\": number, \"reals\": number}}, got {ms_ssim!r}"
     return None
+
+
+def _segments(speed):
+    """The timed segments of a resolution; checkpoints of earlier versions hold one {"images", "seconds"}."""
+    return [speed] if isinstance(speed, dict) else speed
 
 
 def _is_number(value) -> bool:
@@ -151,17 +162,26 @@ def _restore_verified(trainer: "Trainer", checkpoint: Path) -> None:
     gan.skipped.fill_(state["skipped_steps"])
     trainer.shown, trainer.step, trainer.ticks.count = state["images_shown"], state["step"], state["ticks"]
     trainer.last_resolution, trainer.last_alpha = state["resolution"], state["alpha"]
-    trainer.ticks.stage_speed, trainer.swd_results = state["stage_speed"], state["swd"]
+    trainer.ticks.stage_speed = {res: _segments(speed) for res, speed in state["stage_speed"].items()}
+    trainer.swd_results, trainer.ms_ssim_results = state["swd"], state.get("ms_ssim", {})
 
 
-def load_generator(path: str, device="cpu", ema: bool = True) -> Tuple[torch.nn.Module, dict, TrainConfig]:
-    """The (EMA) generator of a checkpoint or run folder, its training state (JSON) and its configuration."""
+def load_generator(path: str, device="cpu", ema: bool = True) -> Tuple[torch.nn.Module, dict, TrainConfig, Path]:
+    """The (EMA) generator of a checkpoint or run folder, its training state (JSON), its configuration and the
+    checkpoint folder it came from (a run folder's newest complete one)."""
     checkpoint = ckpt.find_checkpoint(path)
     state, _ = load_state(checkpoint)
     config = TrainConfig.from_json(state["config"])
     G, _ = build_networks(config)
     G.load_state_dict(ckpt.load_weights(checkpoint, "G_ema" if ema else "G"))
-    return G.to(device).eval().requires_grad_(False), state, config
+    return G.to(device).eval().requires_grad_(False), state, config, checkpoint
+
+
+def loaded_text(checkpoint: Path, state: dict, ema: bool) -> str:
+    """The line with which generate and metrics say which generator they use."""
+    which = "EMA generator" if ema else "trained generator (--raw)"
+    return (f"Loaded the {which} of {checkpoint}: step {state['step']}, {state['images_shown']} images shown, "
+            f"{state['resolution']}x{state['resolution']}, alpha {state['alpha']:.3f}")
 
 
 def default_device() -> torch.device:

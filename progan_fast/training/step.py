@@ -2,8 +2,8 @@
 training-step benchmark times.
 
 Per step: one D step (WGAN-GP with penalty weight `gp_weight` and drift `drift` * D(real)^2), one G step, then
-the EMA of G (decay `ema_beta`); Adam for both, with new optimizer state at each new resolution. The numbers
-come from the TrainConfig.
+the EMA of G (ema_decay); Adam for both, with new optimizer state at each new resolution. The numbers come from
+the TrainConfig.
 
 No host reads inside a step: alpha of a fade is a device tensor, losses and skipped-update counts accumulate on
 the device and are read once per tick. Mixed precision: autocast in bf16 or fp16; each network has its own
@@ -30,6 +30,18 @@ from .distributed import Distributed
 
 STAT_NAMES = ("d_loss", "g_loss", "gradient_penalty", "d_real", "d_fake")  # accumulated per step, read per tick
 AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # by --amp mode
+
+
+def ema_decay(config: TrainConfig, global_batch: int, images_shown: int) -> float:
+    """The EMA's decay for a step of `global_batch` images after `images_shown`: `ema_beta` if the configuration
+    fixes one, else StyleGAN2-ADA's half-life in images, `ema_kimg` thousand, at most `ema_rampup` times the images
+    shown so far (so the EMA copy follows G closely early on: the first step copies G)."""
+    if config.ema_beta is not None:
+        return config.ema_beta
+    half_life = config.ema_kimg * 1000
+    if config.ema_rampup > 0:
+        half_life = min(half_life, config.ema_rampup * images_shown)
+    return 0.5 ** (global_batch / max(half_life, 1e-8))
 
 
 class TrainStep:
@@ -132,11 +144,12 @@ class TrainStep:
         skipped = self._apply(self.g_opt, self.g_scaler, self.G)
         return torch.stack([loss.detach(), skipped])
 
-    def __call__(self, reals: torch.Tensor, res: int, alpha=1.0) -> None:
+    def __call__(self, reals: torch.Tensor, res: int, alpha=1.0, *, images_shown: int) -> None:
         """One D step, one G step and the EMA update on this process's share of the reals at `res`.
 
         alpha: the float 1.0 in stable phases (which skips the old branches), the device tensor during fades
-        (the reals are then blended the same way as the images of G).
+        (the reals are then blended the same way as the images of G). images_shown: before this step, over all
+        processes (it sets the EMA's decay).
         """
         global_batch = len(reals) * self.dist.world_size
         z_d = self._draw(global_batch, self.G.latent_size)
@@ -146,6 +159,7 @@ class TrainStep:
             reals = PF.fade_downsample(reals, alpha)
         d_loss, penalty, d_real, d_fake, d_skipped = self.d_step(reals, z_d, u, res, alpha)
         g_loss, g_skipped = self.g_step(z_g, res, alpha)
-        torch._foreach_lerp_(self.ema_params, self.g_params, 1.0 - self.config.ema_beta)
+        decay = ema_decay(self.config, global_batch, images_shown)
+        torch._foreach_lerp_(self.ema_params, self.g_params, 1.0 - decay)
         self.nonfinite_streak.add_(1).mul_((d_skipped + g_skipped).clamp(max=1))
         self.stats += torch.stack([d_loss, g_loss, penalty, d_real, d_fake])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -33,7 +33,10 @@ class Ticks:
         self.images = max(1, round(tick_kimg * 1000))  # between ticks
         self.count = 0  # ticks of the run so far
         self.steps = 0  # steps since the last tick
-        self.stage_speed: Dict[str, dict] = {}  # per resolution: images and seconds of training
+        # Per resolution, one {"images", "seconds"} of training per segment: each process (a resumed run is a new
+        # one) times its own part of a resolution apart, so the summary shows the speed of every part.
+        self.stage_speed: Dict[str, List[dict]] = {}
+        self.timed_here: set = set()  # resolutions whose last segment this process started
         self.restart(0)
 
     def restart(self, shown: int) -> None:
@@ -51,7 +54,11 @@ class Ticks:
         skipped = int(gan.skipped.item())
         seconds = time.perf_counter() - self.started
         images = shown - self.started_shown
-        speed = self.stage_speed.setdefault(str(resolution), {"images": 0, "seconds": 0.0})
+        segments = self.stage_speed.setdefault(str(resolution), [])
+        if resolution not in self.timed_here:
+            segments.append({"images": 0, "seconds": 0.0})
+            self.timed_here.add(resolution)
+        speed = segments[-1]
         speed["images"] += images
         speed["seconds"] += seconds
         self.count += 1
