@@ -78,7 +78,7 @@ def collect(path: pathlib.Path, sweep: Sweep) -> Dict[str, object]:
                        "cuda.matmul.fp32_precision": torch.backends.cuda.matmul.fp32_precision})
     start = time.perf_counter()
     ceilings = measure_ceilings(device, *sweep.ceiling_sizes, host_clock=sweep.dry)
-    part("ceilings", {**{key: round(value, 1) for key, value in ceilings.items()},
+    part("ceilings", {**{key: float(f"{value:.3g}") for key, value in ceilings.items()},  # a CPU: < 0.05 TFLOP/s
                       "seconds": round(time.perf_counter() - start, 1)})
     part("cuda_extension", extension_build())
     return facts
