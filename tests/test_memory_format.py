@@ -64,7 +64,7 @@ def fade_step(backend: str, memory_format: torch.memory_format, monkeypatch):
     generator = torch.Generator().manual_seed(1)
     reals = (torch.rand(4, 3, RES, RES, generator=generator) * 2 - 1).to(DEVICE, memory_format=memory_format)
     with progan_fast.use_backend(backend):
-        gan(reals, RES, torch.tensor(0.4, device=DEVICE))
+        gan(reals, RES, torch.tensor(0.4, device=DEVICE), images_shown=0)
     monkeypatch.setattr(PF, "gradient_penalty", penalty)
     return gan, layouts, penalty_inputs
 
