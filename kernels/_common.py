@@ -4,7 +4,7 @@ coefficient alpha.
 Layout policy: the elementwise kernels walk memory linearly, so they take any dense tensor (NCHW,
 channels_last or another permutation of the dims) as it is, and copy only non-dense inputs (slices with
 gaps); the 4-D kernels address every tensor through its strides and walk the pixels in the memory order of
-their output (channels_last in, channels_last out). Math is fp32; outputs keep the input dtype. The public
+their output (channels_last in, channels_last out; `progan_fast.layout`). Math is fp32; outputs keep the input dtype. The public
 functions of `progan_fast.ops` have checked devices and shapes already.
 """
 from __future__ import annotations
@@ -63,18 +63,6 @@ def elementwise_operands(layout_tensor: torch.Tensor, other: torch.Tensor):
     elementwise kernel that walks memory linearly."""
     layout_tensor = dense(layout_tensor)
     return layout_tensor, like(other, layout_tensor), torch.empty_like(layout_tensor)
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def empty_4d(shape, like_tensor: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """A new [N, C, H, W] tensor in the memory format of `like_tensor` (channels_last or contiguous), in its dtype
-    unless `dtype` is given."""
-    memory_format = torch.channels_last if is_channels_last(like_tensor) else torch.contiguous_format
-    return torch.empty(shape, dtype=dtype or like_tensor.dtype, device=like_tensor.device,
-                       memory_format=memory_format)
 
 
 def elementwise_grid(numel: int) -> Tuple[int]:

@@ -9,8 +9,10 @@ The upsample is never materialised: the kernel runs the equivalent stride-2 tran
 (`upsample_weight`), one output phase (2x2 parity class of output pixels) per program, reading x at its own
 resolution (the official code's "fused_scale"): 4 instead of 9 products per 3x3 output pixel.
 
-Layouts: every tensor is addressed through its strides, so NCHW, channels_last and other strided inputs run
-without a copy; outputs are allocated in the input's memory format.
+Layouts: the forward kernel addresses every tensor through its strides and runs on channels_last inputs
+(also the padded channels_last of `progan_fast.layout`, which minibatch stddev writes for D's 513-channel conv):
+16-byte loads along the channels. Inputs in other layouts (NCHW) are converted in and out, since with scalar
+loads along the channels the large tiles spill registers on sm_90. Outputs are in the input's memory format.
 
 Precision for fp32 inputs: `tl.dot(..., input_precision="ieee")` (exact fp32) unless the tensor is on CUDA and
 `torch.backends.cudnn.conv.fp32_precision` is "tf32" (the default; set by it, by the legacy `cudnn.allow_tf32` or
@@ -23,9 +25,10 @@ gradient checks), and upsample with an even kernel or a padding other than "same
 the torch reference.
 
 PixelNorm needs every output channel of a pixel: with pixel_norm the channel tile spans all output channels
-(BLOCK_N = next_pow2(out), at most 512 in ProGAN) and the pixel tile shrinks to keep the accumulator size fixed.
-A separate normalisation pass would re-read and re-write the whole output, which costs most at the high
-resolutions, where the memory-bound layers have few channels and a full-width tile is cheap anyway.
+(BLOCK_N = next_pow2(out), at most 512 in ProGAN), with 64 pixel rows so that 16-bit and tf32 products run on
+Hopper's wgmma (`forward_tiles`). A separate normalisation pass would re-read and re-write the whole output, which
+costs most at the high resolutions, where the memory-bound layers have few channels and a full-width tile is
+cheap anyway.
 
 Backward: one kernel for the epilogue (PixelNorm -> LeakyReLU -> bias), from the saved output y and PixelNorm
 factor r; the convolution's input and weight gradients use torch's convolution backward (cuDNN on a GPU; the
@@ -38,6 +41,7 @@ first-order backward).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -46,16 +50,31 @@ import triton
 import triton.language as tl
 
 from progan_fast.backend import KERNEL_DTYPES
-from progan_fast.kernels._common import empty_4d
+from progan_fast.kernels._common import like
+from progan_fast.layout import empty_4d, empty_channels_last, is_channels_last
 from progan_fast.ops._checks import check_sign_mask_slope
 from progan_fast.ops.equalized_conv import (equalized_conv2d_op, equalized_conv2d_reference, equalized_scale,
                                             output_size)
 from progan_fast.ops.weight_cache import differentiable_prepared_weight, prepared_weight
 
-# Accumulator elements per program (BLOCK_M * BLOCK_N): 64 x 128 fp32 without PixelNorm, up to 32 x 512 with it.
-_ACC_ELEMENTS = 8192
-_ACC_ELEMENTS_PIXEL_NORM = 16384
+_ACC_ELEMENTS = 8192  # accumulator elements per program without PixelNorm (64 x 128) and of the epilogue backward
 _MIN_DOT_BLOCK = 16  # tl.dot needs every tile dimension >= 16
+
+
+@triton.jit
+def _conv_tap_block(x_pix, w_tap, acc, c0, C_in, sxc, swi, swo, offs_n, pix_ok, n_ok, PARTIAL: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + the products of one tap over input channels c0 .. c0 + BLOCK_K (PARTIAL: fewer are left)."""
+    offs_k = c0 + tl.arange(0, BLOCK_K)
+    a_mask = pix_ok[:, None]
+    b_mask = n_ok[None, :]
+    if PARTIAL:
+        k_ok = offs_k < C_in
+        a_mask = a_mask & k_ok[None, :]
+        b_mask = b_mask & k_ok[:, None]
+    a = tl.load(x_pix[:, None] + offs_k[None, :] * sxc, mask=a_mask, other=0.0)
+    b = tl.load(w_tap + offs_k[:, None] * swi + offs_n[None, :] * swo, mask=b_mask, other=0.0)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -110,13 +129,14 @@ def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, r_ptr,
             iw = tl.where(pix_ok, iw, 0)
             x_pix = x_image + ih * sxh + iw * sxw
             w_tap = w_ptr + (wh0 + TAP_STEP * jh) * swh + (ww0 + TAP_STEP * jw) * sww
-            for c0 in range(0, C_in, BLOCK_K):
-                offs_k = c0 + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < C_in
-                a = tl.load(x_pix[:, None] + offs_k[None, :] * sxc, mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_tap + offs_k[:, None] * swi + offs_n[None, :] * swo,
-                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            # Whole channel blocks load without a channel mask, so that their loads can be 16-byte vectors; a
+            # mask on a count that is not a multiple of 16 (D's 513 channels) would make every load scalar.
+            for c0 in range(0, C_in - C_in % BLOCK_K, BLOCK_K):
+                acc = _conv_tap_block(x_pix, w_tap, acc, c0, C_in, sxc, swi, swo, offs_n, pix_ok, n_ok, False,
+                                      DOT_PRECISION, BLOCK_K)
+            if C_in % BLOCK_K != 0:
+                acc = _conv_tap_block(x_pix, w_tap, acc, C_in - C_in % BLOCK_K, C_in, sxc, swi, swo, offs_n, pix_ok,
+                                      n_ok, True, DOT_PRECISION, BLOCK_K)
 
     # Epilogue. Padded channels stay exactly 0 through it, so they do not disturb the PixelNorm mean.
     acc = acc * scale
@@ -178,9 +198,57 @@ def _pow2_at_least(n: int, floor: int) -> int:
     return max(triton.next_power_of_2(n), floor)
 
 
+@dataclass(frozen=True)
+class ForwardTiles:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# The PixelNorm tile spans all output channels: (BLOCK_M, BLOCK_K, num_warps, num_stages) by BLOCK_N, for the
+# tensor cores (16-bit, tf32) and the CUDA cores (exact fp32); other widths take the default. Each entry compiles
+# for sm_90 without register spills with the ptxas of triton 3.6 and of 3.9 (candidates compiled with both, see
+# tests/hopper_compile.py), where the two differ by up to a few hundred bytes of spills on the same tile.
+_PIXEL_NORM_TILES = {
+    "16-bit": ({512: (64, 16, 16, 3), 256: (64, 32, 8, 3)}, (64, 32, 4, 3)),
+    "tf32": ({512: (32, 16, 8, 2), 256: (64, 32, 8, 3)}, (64, 32, 4, 3)),
+    "ieee": ({512: (16, 16, 8, 3), 256: (16, 16, 4, 3), 128: (16, 16, 8, 3)}, (64, 16, 4, 3)),
+}
+
+
+def forward_tiles(c_in: int, c_out: int, num_rows: int, pixel_norm: bool, dtype: torch.dtype,
+                  precision: str) -> ForwardTiles:
+    """The forward kernel's tile for a GEMM of num_rows x c_out x (taps * c_in), checked for sm_90 at every ProGAN
+    layer by tests/hopper_compile.py (compiles, no spills, shared memory within limits, wgmma for 16-bit inputs).
+
+    Without PixelNorm: 64 x 128 (more rows for fewer channels), 32 channels per step; on the CUDA cores (exact
+    fp32, whose operands live in registers) 64 x 64 and 16 channels. With PixelNorm the tile spans all output
+    channels (up to 512) and keeps 64 rows for the tensor cores: Hopper's wgmma multiplies 64 rows per
+    warpgroup, and the former 32 x 512 tile ran every generator conv at 512 channels (4..32 px, the
+    compute-bound layers) on the older mma.sync. 64 x 512 in 16-bit takes four warpgroups of 64 x 128 (64
+    accumulator registers per thread). tf32 at 512 channels stays at 32 x 512 on mma.sync: 64 x 512 fp32 needs
+    128 KB of shared memory to reorder its accumulator and spills with triton 3.6."""
+    kind = "ieee" if dtype == torch.float32 and precision == "ieee" else "tf32" if dtype == torch.float32 else "16-bit"
+    if pixel_norm:
+        block_n = _pow2_at_least(c_out, _MIN_DOT_BLOCK)
+        by_width, default = _PIXEL_NORM_TILES[kind]
+        block_m, block_k, num_warps, num_stages = by_width.get(block_n, default)
+    elif kind == "ieee":
+        block_n = min(64, _pow2_at_least(c_out, _MIN_DOT_BLOCK))
+        block_m, block_k, num_warps, num_stages = 64, _MIN_DOT_BLOCK, 4, 3
+    else:
+        block_n = min(128, _pow2_at_least(c_out, _MIN_DOT_BLOCK))
+        block_m, block_k, num_warps, num_stages = min(128, _ACC_ELEMENTS // block_n), 32, 4, 3
+    return ForwardTiles(block_m=min(block_m, _pow2_at_least(num_rows, _MIN_DOT_BLOCK)),  # small maps: no idle rows
+                        block_n=block_n, block_k=min(block_k, _pow2_at_least(c_in, _MIN_DOT_BLOCK)),
+                        num_warps=num_warps, num_stages=num_stages)
+
+
 def _launch_forward(x: torch.Tensor, w_taps: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
-                 r: torch.Tensor, scale: float, padding: int, lrelu: bool, negative_slope: float, pixel_norm: bool,
-                 upsample: bool, eps: float) -> None:
+                    r: torch.Tensor, scale: float, padding: int, lrelu: bool, negative_slope: float,
+                    pixel_norm: bool, upsample: bool, eps: float) -> None:
     """Writes y [N, out, H_out, W_out] and, with pixel_norm, r [N, H_out, W_out] (fp32 PixelNorm factors).
 
     w_taps: the weight from `taps_weight`."""
@@ -189,15 +257,9 @@ def _launch_forward(x: torch.Tensor, w_taps: torch.Tensor, bias: Optional[torch.
     num_rows = n * h_grid * w_grid
     if num_rows == 0 or c_out == 0:
         return
-    if pixel_norm:
-        block_n = _pow2_at_least(c_out, _MIN_DOT_BLOCK)
-        block_m = max(_MIN_DOT_BLOCK, min(64, _ACC_ELEMENTS_PIXEL_NORM // block_n))
-    else:
-        block_n = min(128, _pow2_at_least(c_out, _MIN_DOT_BLOCK))
-        block_m = min(128, _ACC_ELEMENTS // block_n)
-    block_m = min(block_m, _pow2_at_least(num_rows, _MIN_DOT_BLOCK))  # small maps: no idle rows
-    block_k = min(32, _pow2_at_least(x.shape[1], _MIN_DOT_BLOCK))
-    grid = (triton.cdiv(num_rows, block_m), triton.cdiv(c_out, block_n), 4 if upsample else 1)
+    precision = dot_precision(x)
+    tiles = forward_tiles(x.shape[1], c_out, num_rows, pixel_norm, x.dtype, precision)
+    grid = (triton.cdiv(num_rows, tiles.block_m), triton.cdiv(c_out, tiles.block_n), 4 if upsample else 1)
     swh, sww, swi, swo = w_taps.stride()
     k = w_taps.shape[0]
     _conv_fwd_kernel[grid](
@@ -206,9 +268,9 @@ def _launch_forward(x: torch.Tensor, w_taps: torch.Tensor, bias: Optional[torch.
         *x.stride(), swo, swi, swh, sww, *y.stride(),
         scale, negative_slope, eps,
         TAPS=k // 2 if upsample else k, TAP_STEP=-2 if upsample else 1, UPSAMPLE=upsample, HAS_BIAS=bias is not None,
-        LRELU=lrelu, PIXEL_NORM=pixel_norm, DOT_PRECISION=dot_precision(x),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=8 if block_m * block_n >= _ACC_ELEMENTS_PIXEL_NORM else 4)
+        LRELU=lrelu, PIXEL_NORM=pixel_norm, DOT_PRECISION=precision,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages)
 
 
 def _launch_epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, dv: torch.Tensor, lrelu: bool,
@@ -219,13 +281,16 @@ def _launch_epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor
     if num_pixels == 0 or c == 0:
         return torch.zeros(c, dtype=torch.float32, device=y.device)
     block_c = triton.next_power_of_2(c)
-    block_m = max(1, min(128, _ACC_ELEMENTS // block_c, triton.next_power_of_2(num_pixels)))
+    # At most 64 rows, and 8 warps for 4096 elements: ptxas keeps 32 elements per thread (128 x 32 and 64 x 64
+    # bf16 tiles with 4 warps) in 64 registers and spills (tests/hopper_compile.py).
+    block_m = max(1, min(64, _ACC_ELEMENTS // block_c, triton.next_power_of_2(num_pixels)))
     grid = (triton.cdiv(num_pixels, block_m),)
     db_partial = torch.empty((grid[0], c), dtype=torch.float32, device=y.device)
     _epilogue_bwd_kernel[grid](
         dy, y, r if pixel_norm else y, dv, db_partial, c, h, w, num_pixels,  # y: unread placeholder pointer
         *dy.stride(), *y.stride(), *dv.stride(), negative_slope,
-        LRELU=lrelu, PIXEL_NORM=pixel_norm, BLOCK_M=block_m, BLOCK_C=block_c)
+        LRELU=lrelu, PIXEL_NORM=pixel_norm, BLOCK_M=block_m, BLOCK_C=block_c,
+        num_warps=8 if block_m * block_c == 4096 else 4)
     return db_partial.sum(0)
 
 
@@ -284,9 +349,17 @@ def _conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   lrelu: bool, negative_slope: float, pixel_norm: bool, upsample: bool,
                   eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     y, r = _conv_outputs(x, weight, padding, pixel_norm, upsample)
-    _launch_forward(x, taps_weight(weight, upsample, x.dtype), bias, y, r, scale, padding, lrelu,
-                    negative_slope, pixel_norm, upsample, eps)
-    return y, r
+    w_taps = taps_weight(weight, upsample, x.dtype)
+    if is_channels_last(y):
+        _launch_forward(x, w_taps, bias, y, r, scale, padding, lrelu, negative_slope, pixel_norm, upsample, eps)
+        return y, r
+    # The kernel runs channels_last: in NCHW its loads along the channels are scalar and every large tile spills
+    # registers on sm_90. Other layouts are converted in and out (as cuDNN's tensor-core convolutions do).
+    x_channels_last = empty_channels_last(x.shape, x.dtype, x.device, aligned_pixels=True).copy_(x)
+    y_channels_last = torch.empty_like(y, memory_format=torch.channels_last)
+    _launch_forward(x_channels_last, w_taps, bias, y_channels_last, r, scale, padding, lrelu, negative_slope,
+                    pixel_norm, upsample, eps)
+    return y.copy_(y_channels_last), r
 
 
 @_conv_forward.register_fake
@@ -299,7 +372,9 @@ def _epilogue_backward(dy: torch.Tensor, y: torch.Tensor, r: torch.Tensor, lrelu
                        pixel_norm: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(gradient of the pre-activation v = conv + bias, gradient of the bias in fp32)."""
     dv = empty_4d(tuple(y.shape), y)
-    return dv, _launch_epilogue_backward(dy, y, r, dv, lrelu, negative_slope, pixel_norm)
+    # dy in y's layout, so that the loads of both are coalesced: D's 4x4 conv gets its gradient in NCHW from the
+    # flatten before the dense layer, whatever the activations' format.
+    return dv, _launch_epilogue_backward(like(dy, y), y, r, dv, lrelu, negative_slope, pixel_norm)
 
 
 @_epilogue_backward.register_fake

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from progan_fast.kernels._common import (BLOCK, alpha_kwargs, block_of, check_kernel_dtypes, check_same_dtype, dense,
-                                        elementwise_grid, elementwise_operands, empty_4d, is_channels_last, load_alpha,
-                                        nchw_index, split_alpha)
+                                        elementwise_grid, elementwise_operands, load_alpha, nchw_index, split_alpha)
+from progan_fast.layout import empty_4d, is_channels_last
 from progan_fast.ops._checks import Alpha
 from progan_fast.ops.fade import fade_downsample_op, fade_op, fade_upsample_op
 

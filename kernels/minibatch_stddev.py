@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from progan_fast.kernels._common import check_kernel_dtypes, empty_4d, is_channels_last, nchw_index, tile_shape
+from progan_fast.kernels._common import check_kernel_dtypes, nchw_index, tile_shape
+from progan_fast.layout import empty_4d, is_channels_last
 from progan_fast.ops.minibatch_stddev import effective_group_size, minibatch_stddev_op, minibatch_stddev_reference
 
 
@@ -112,10 +113,16 @@ def _mbstd_bwd_kernel(g_ptr, out_ptr, t_ptr, dx_ptr, G, M, C, H, W, CHW,
     tl.store(dx_ptr + _tile_offsets(samples, c, h, w, sdn, sdc, sdh, sdw), dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+# Warps of the [group, chunk] tile programs: 16 of its 4096 elements per thread (with 32, an NCHW tile spills
+# registers on sm_90 with triton 3.6's ptxas; tests/hopper_compile.py).
+_TILE_WARPS = 8
+
+
 def _output_like(x: torch.Tensor) -> torch.Tensor:
-    """The [N, C+1, H, W] output in x's memory format."""
+    """The [N, C+1, H, W] output in x's memory format; in channels_last with 16-element aligned pixels, so that
+    the conv after it (D's 4x4 conv, 513 input channels) reads it with vector loads."""
     n, c, h, w = x.shape
-    return empty_4d((n, c + 1, h, w), x)
+    return empty_4d((n, c + 1, h, w), x, aligned_pixels=True)
 
 
 def _launch_shape(group_size: int, chw: int):
@@ -138,7 +145,7 @@ def _minibatch_stddev_forward(x: torch.Tensor, group_size: int, unbiased: bool, 
     layout = dict(CHANNELS_LAST=is_channels_last(out))
     _mbstd_fwd_kernel[(num_chunks, groups)](x, out, partial, group_size, groups, c, h, w, chw, num_chunks,
                                             *x.stride(), *out.stride(), _divisor(group_size, unbiased), eps,
-                                            BLOCK_G=block_g, BLOCK=block, **layout)
+                                            BLOCK_G=block_g, BLOCK=block, num_warps=_TILE_WARPS, **layout)
     fill_block = min(1024, triton.next_power_of_2(h * w))
     _mbstd_fill_kernel[(n,)](partial, out, groups, c, h * w, w, num_chunks, *out.stride(), 1.0 / chw,
                              BLOCK_CHUNKS=triton.next_power_of_2(num_chunks), BLOCK=fill_block)
@@ -164,7 +171,8 @@ def _minibatch_stddev_backward(grad: torch.Tensor, out: torch.Tensor, group_size
     _mbstd_bwd_kernel[(num_chunks, groups)](grad, out, feature_grad, dx, group_size, groups, c, h, w, chw,
                                             *grad.stride(), *out.stride(), *dx.stride(),
                                             _divisor(group_size, unbiased), eps, 1.0 / chw,
-                                            CHANNELS_LAST=is_channels_last(dx), BLOCK_G=block_g, BLOCK=block)
+                                            CHANNELS_LAST=is_channels_last(dx), BLOCK_G=block_g, BLOCK=block,
+                                            num_warps=_TILE_WARPS)
     return dx
 
 

@@ -18,6 +18,7 @@ from . import functional as F
 from .architecture import (DiscriminatorSkeleton, GeneratorSkeleton, check_images, check_latents, fading,
                            mbstd_enabled)
 from .layers import EqualizedConv2d, EqualizedLinear, MinibatchStdDev
+from .layout import in_memory_format
 from .ops._checks import Alpha, check_alpha
 
 SQRT2 = math.sqrt(2.0)
@@ -94,8 +95,9 @@ class DiscriminatorOutput(nn.Module):
         self.dense1 = EqualizedLinear(hidden, 1, gain=1.0)
 
     def forward(self, x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-        # The torch backend's stddev concatenates into a contiguous tensor whatever the input's layout.
-        features = self.mbstd(x).contiguous(memory_format=memory_format)
+        # The torch backend's stddev concatenates into a contiguous tensor whatever the input's layout; the triton
+        # backend's output is channels_last with aligned pixels already.
+        features = in_memory_format(self.mbstd(x), memory_format)
         return self.dense1(self.dense0(self.conv(features).flatten(1)))
 
 

@@ -45,6 +45,9 @@ def assert_close(actual, expected, dtype, what):
 def make_input(n, c, size, dtype, layout):
     if layout == "strided":  # every other column of a wider tensor
         return torch.randn(n, c, size, 2 * size, device=DEVICE).to(dtype)[..., ::2].requires_grad_()
+    if layout == "padded_channels_last":  # the first c channels of a channels_last buffer 16-aligned per pixel
+        wider = torch.randn(n, -(-c // 16) * 16, size, size, device=DEVICE).to(dtype)
+        return wider.to(memory_format=torch.channels_last)[:, :c].requires_grad_()
     x = torch.randn(n, c, size, size, device=DEVICE).to(dtype)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
@@ -110,6 +113,8 @@ CASES = [
     # several channel blocks: 2 K steps; 2 output-channel tiles; a 64-wide PixelNorm tile
     (1, 37, 150, 3, 3, False, False, "lrelu", True, "contiguous"),
     (2, 37, 40, 3, 3, True, True, "lrelu", True, "channels_last"),
+    # D's 4x4 conv: 16 * k + 1 channels after minibatch stddev, pixels 16-aligned; whole channel blocks + a tail
+    (4, 65, 24, 4, 3, False, False, "lrelu", True, "padded_channels_last"),
 ]
 
 
@@ -122,7 +127,7 @@ def test_forward_and_gradients_match_reference(case, dtype):
     y, grads = check_matches_reference(x, weight, bias, dtype, activation=activation, pixel_norm=pixel_norm,
                                        upsample=upsample)
     assert y.dtype == dtype and all(grad.dtype == dtype for grad in grads)
-    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    assert y.is_contiguous(memory_format=torch.channels_last) == layout.endswith("channels_last")
 
 
 @pytest.mark.parametrize("k, padding, upsample", [(3, 0, False), (5, 1, False), (1, 1, False), (5, 2, True),

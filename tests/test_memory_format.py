@@ -11,6 +11,7 @@ import torch
 import progan_fast
 from progan_fast import functional as PF
 from progan_fast.backend import unavailable_reason
+from progan_fast.layout import PIXEL_ALIGNMENT, is_channels_last
 from progan_fast.training.config import build_networks, build_parser, preset_config, resolve
 from progan_fast.training.loop import Trainer
 from progan_fast.training.step import TrainStep
@@ -27,9 +28,11 @@ FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 
 
 def in_format(t: torch.Tensor, memory_format: torch.memory_format) -> bool:
-    """t is laid out in memory_format and not also in the other one (a shape where both coincide proves nothing)."""
-    other = torch.contiguous_format if memory_format == torch.channels_last else torch.channels_last
-    return t.is_contiguous(memory_format=memory_format) and not t.is_contiguous(memory_format=other)
+    """t is laid out in memory_format and not also in the other one (a shape where both coincide proves nothing);
+    channels_last includes its padded variant (minibatch stddev's triton output, `progan_fast.layout`)."""
+    if memory_format == torch.channels_last:
+        return is_channels_last(t)
+    return t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
 
 
 def fade_step(backend: str, memory_format: torch.memory_format, monkeypatch):
@@ -56,6 +59,9 @@ def fade_step(backend: str, memory_format: torch.memory_format, monkeypatch):
                 module.register_forward_pre_hook(
                     lambda module, args, key=f"{prefix}.{name}": layouts.setdefault(key, []).append(
                         in_format(args[0], memory_format)))
+    # The pixel stride of D's 4x4 conv input (512 + 1 channels at full width).
+    D.blocks[0].conv.register_forward_pre_hook(
+        lambda module, args: layouts.setdefault("D 4x4 conv pixel stride", []).append(args[0].stride(3)))
     penalty = PF.gradient_penalty
     monkeypatch.setattr(PF, "gradient_penalty", lambda grad, **kwargs: (
         penalty_inputs.append(in_format(grad, memory_format)), penalty(grad, **kwargs))[1])
@@ -83,7 +89,11 @@ def test_every_conv_and_the_penalty_see_the_chosen_format(backend, layout, monke
     expected = {"G.blocks.0.conv", "G.blocks.1.conv0", "G.blocks.1.conv1", "G.to_rgb.0", "G.to_rgb.1",
                 "D.from_rgb.0", "D.from_rgb.1", "D.blocks.1.conv0", "D.blocks.1.conv1", "D.blocks.0.conv",
                 "G output", "D input"}
+    pixel_strides = layouts.pop("D 4x4 conv pixel stride")
     assert set(layouts) == expected
+    if backend == "triton" and layout == "channels_last":
+        # 16 + 1 channels here, written 16-element aligned by minibatch stddev: the conv's loads are vectors.
+        assert pixel_strides == [2 * PIXEL_ALIGNMENT] * 4
     wrong = sorted(name for name, seen in layouts.items() if not all(seen))
     assert not wrong, f"not {layout}: {wrong}"
     # D runs on reals, fakes and mixed images in the D step, on fakes in the G step: four times per conv.

@@ -5,7 +5,9 @@ import torch
 
 from progan_fast import functional as F
 from progan_fast import use_backend
-from triton_parity import DEVICE, DTYPES, check_parity, leaves
+from progan_fast.layout import is_channels_last
+from progan_fast.testing import relative_error
+from triton_parity import DEVICE, DTYPES, TOLERANCE, check_parity, leaves
 
 # name: (shape, group_size, channels_last, view applied to x before the op)
 CASES = {
@@ -31,11 +33,20 @@ def test_minibatch_stddev_matches_reference(dtype, case):
     check_parity("minibatch_stddev", op, [x], second_order=True)
 
 
-def test_output_keeps_channels_last():
-    x = torch.randn(4, 3, 4, 4, device=DEVICE).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("channels", [3, 15, 16, 37])
+def test_output_keeps_channels_last_with_aligned_pixels(channels):
+    """channels_last in, channels_last out, each pixel's C + 1 channels starting at a multiple of 16 elements (the
+    next conv's loads are then 16-byte vectors: D's last conv has 513 input channels); NCHW stays NCHW."""
+    x = torch.randn(4, channels, 4, 4, device=DEVICE)
     with use_backend("triton"):
-        out = F.minibatch_stddev(x, 2)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+        out = F.minibatch_stddev(x.to(memory_format=torch.channels_last), 2)
+        assert F.minibatch_stddev(x, 2).is_contiguous()
+    assert is_channels_last(out) and out.stride(1) == 1
+    assert out.stride(3) == -(-(channels + 1) // 16) * 16 and out.stride(3) % 16 == 0
+    assert out.stride(2) == 4 * out.stride(3) and out.stride(0) == 4 * out.stride(2)
+    with use_backend("torch"):
+        expected = F.minibatch_stddev(x, 2)
+    assert relative_error(out, expected) <= TOLERANCE[torch.float32]
 
 
 def test_chunk_count_is_on_grid_axis_0(monkeypatch):
