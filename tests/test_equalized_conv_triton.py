@@ -4,10 +4,6 @@ torch.compile and errors. Runs in the Triton interpreter on CPU (small shapes) a
 Tolerances, as max |kernel - reference| / max |reference| per tensor: fp32 1e-5, fp16/bf16 1e-2. Low-precision
 runs are compared with the fp32 reference evaluated on the same (rounded) inputs and the kernel's LeakyReLU mask.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -257,45 +253,6 @@ def test_compiled_layer_through_backend_dispatch():
     assert_close(y, expected, torch.float32, "compiled layer output")
 
 
-def compile_for_gpu(kernel, pointer_dtypes, constexprs, num_warps):
-    """Compile a kernel for an sm90 GPU (PTX and cubin, no GPU needed). Pointers default to fp32, the scalar
-    epilogue parameters are fp32, the other arguments i32."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    floats = ("scale", "negative_slope", "eps")
-    signature = {name: "constexpr" if name in constexprs else pointer_dtypes.get(name, "*fp32")
-                 if name.endswith("_ptr") else "fp32" if name in floats else "i32" for name in kernel.arg_names}
-    source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(name),): value
-                                                      for name, value in constexprs.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-
-
-def compile_kernels_for_gpu():
-    from progan_fast.kernels import equalized_conv as kernels
-
-    for dtype, upsample, pixel_norm in (("fp16", True, True), ("bf16", False, True), ("fp32", False, False)):
-        data = {name: f"*{dtype}" for name in ("x_ptr", "w_ptr", "y_ptr", "dy_ptr", "dv_ptr")}
-        forward = compile_for_gpu(kernels._conv_fwd_kernel, data, dict(
-            TAPS=2 if upsample else 3, TAP_STEP=-2 if upsample else 1, UPSAMPLE=upsample, HAS_BIAS=True,
-            LRELU=True, PIXEL_NORM=pixel_norm, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
-            BLOCK_M=32 if pixel_norm else 64, BLOCK_N=512 if pixel_norm else 128, BLOCK_K=32),
-            8 if pixel_norm else 4)
-        assert dtype == "fp32" or "mma" in forward.asm["ptx"], "16-bit products should run on the tensor cores"
-        compile_for_gpu(kernels._epilogue_bwd_kernel, data,
-                        dict(LRELU=True, PIXEL_NORM=pixel_norm, BLOCK_M=16, BLOCK_C=512), 4)
-
-
-def test_kernels_compile_for_gpu():
-    """The interpreter runs code that the GPU compiler may reject; compile it for sm90 (no GPU needed), in a
-    process of its own since the interpreter patches triton.language in this one."""
-    pytest.importorskip("triton.backends.nvidia")
-    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-
-
 @pytest.mark.parametrize("make_args, error, message", [
     (lambda: (torch.ones(1, 3, 4, 4, dtype=torch.int32), torch.randn(5, 3, 3, 3)), TypeError, "floating-point"),
     (lambda: (torch.randn(3, 4, 4), torch.randn(5, 3, 3, 3)), ValueError, "4-D"),
@@ -312,7 +269,3 @@ def test_bad_input_raises_clear_error(make_args, error, message):
     args = [a.to(DEVICE) if isinstance(a, torch.Tensor) and a.device.type != "meta" else a for a in make_args()]
     with progan_fast.use_backend("triton"), pytest.raises(error, match=message):
         equalized_conv2d(*args)
-
-
-if __name__ == "__main__":  # run by test_kernels_compile_for_gpu, without the interpreter
-    compile_kernels_for_gpu()

@@ -62,6 +62,8 @@ PARITY_TESTS = tuple(f"tests/test_cuda_extension.py::{name}" for name in (
         "test_minibatch_stddev_triton", "test_pixel_norm_triton", "test_models_triton", "test_memory_format",
         "test_fuzz_parity"))
 TRAINER_TESTS = ("tests/test_train.py",)
+# CPU work that CI does already and a GPU does not speed up: the ahead-of-time sm_90 compile of every kernel.
+CPU_CHECKS = ("tests/test_hopper_compile.py",)
 
 
 @dataclass
@@ -141,8 +143,8 @@ def plan(mode: Mode, python: str, work: pathlib.Path) -> List[Stage]:
     warmup = [Job(f"compiling ahead for the step table, {i} of {shares}",
                   [python, "-m", "benchmarks.harness.warmup", mode.quick_sweep, f"{i}/{shares}"])
               for i in range(1, shares + 1)]
-    other_tests = ["tests"] + [f"--ignore={path}" for path in PARITY_TESTS + TRAINER_TESTS if "::" not in path] + \
-        [f"--deselect={path}" for path in PARITY_TESTS if "::" in path]
+    other_tests = ["tests"] + [f"--ignore={path}" for path in PARITY_TESTS + TRAINER_TESTS + CPU_CHECKS
+                               if "::" not in path] + [f"--deselect={path}" for path in PARITY_TESTS if "::" in path]
     rest = [tests_job("trainer tests", python, TRAINER_TESTS, work / "trainer.jsonl", *sample),
             bench_job("kernel benchmarks, rest of the full sweep", python, "benchmarks/test_kernels.py",
                       mode.full_sweep, work / "kernels-rest.jsonl", append=True),
