@@ -30,8 +30,9 @@ setup(
     package_data={"progan_fast.csrc": ["*.cu", "*.cuh", "*.h", "*.cpp", "README.md"]},
     # No upper bound and no CUDA pin: an installed torch (CPU or CUDA build) that satisfies this is kept.
     install_requires=[
+        # Both tested in CI: torch 2.13 and 2.11 (the GPU machine's), triton 3.9 and 3.6 (the sm_90 compile check).
         "torch>=2.9",  # torch.backends.cudnn.conv.fp32_precision (the triton conv's precision) is new in 2.9
-        "triton>=3.0; platform_system == 'Linux'",
+        "triton>=3.6; platform_system == 'Linux'",
         "ninja",
         "numpy",
         "pillow",
