@@ -4,8 +4,8 @@ coefficient alpha.
 Layout policy: the elementwise kernels walk memory linearly, so they take any dense tensor (NCHW,
 channels_last or another permutation of the dims) as it is, and copy only non-dense inputs (slices with
 gaps); the 4-D kernels address every tensor through its strides and walk the pixels in the memory order of
-their output (channels_last in, channels_last out; `progan_fast.layout`). Math is fp32; outputs keep the input dtype. The public
-functions of `progan_fast.ops` have checked devices and shapes already.
+their output (channels_last in, channels_last out; `progan_fast.layout`). Math is fp32; outputs keep the input
+dtype. The public functions of `progan_fast.ops` have checked devices and shapes already.
 """
 from __future__ import annotations
 

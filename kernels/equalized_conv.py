@@ -26,9 +26,9 @@ the torch reference.
 
 PixelNorm needs every output channel of a pixel: with pixel_norm the channel tile spans all output channels
 (BLOCK_N = next_pow2(out), at most 512 in ProGAN), with 64 pixel rows so that 16-bit products (and tf32 ones up
-to 256 channels) run on Hopper's wgmma (`forward_tiles`). A separate normalisation pass would re-read and re-write the whole output, which
-costs most at the high resolutions, where the memory-bound layers have few channels and a full-width tile is
-cheap anyway.
+to 256 channels) run on Hopper's wgmma (`forward_tiles`). A separate normalisation pass would re-read and
+re-write the whole output, which costs most at the high resolutions, where the memory-bound layers have few
+channels and a full-width tile is cheap anyway.
 
 Backward: one kernel for the epilogue (PixelNorm -> LeakyReLU -> bias), from the saved output y and PixelNorm
 factor r; the convolution's input and weight gradients use torch's convolution backward (cuDNN on a GPU; the
